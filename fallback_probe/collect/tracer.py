@@ -1,0 +1,248 @@
+"""Record every ATen op call of a block of code as frozen ``OpCall`` records.
+
+A private ``TorchDispatchMode`` sees each op after autograd, as the backend would; torch's
+``ModuleTracker`` says which module issued it. The same recorder serves both modes: predict
+mode also opens composite kernels so their constituent ops are recorded under them, live mode
+adds evidence around each real call (see ``live.py``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import CodeType
+from typing import Any
+
+import torch
+from torch._C import DispatchKey
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.module_tracker import ModuleTracker
+
+from fallback_probe.records import OpCall, TensorMeta
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+_PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_INTERNAL_PREFIXES = (_TORCH_DIR, _PKG_DIR, os.path.dirname(os.__file__))
+
+# Composite ops whose body on the CPU is not what MPS runs: never opened, judged by route.
+NEVER_DECOMPOSE = frozenset(
+    {
+        "aten::convolution",
+        "aten::_convolution",
+        "aten::convolution_backward",
+        "aten::_convolution_double_backward",
+        "aten::detach",
+        "aten::lift_fresh",
+    }
+)
+
+# Only the backend-agnostic kernel: ``…NonFunctional`` wrappers of structured ops are judged
+# through the operator list's delegate instead.
+_COMPOSITE_KEYS = (DispatchKey.CompositeExplicitAutograd,)
+
+
+def op_name(func: torch._ops.OpOverload) -> str:
+    """PyTorch's own spelling: ``aten::add.Tensor``, ``aten::relu`` (never ``.default``)."""
+    return func.name()
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _meta(t: torch.Tensor, on_device: bool) -> TensorMeta:
+    shape = tuple(t.shape)
+    numel = 1
+    for s in shape:
+        numel *= s
+    return TensorMeta(_dtype_name(t.dtype), shape, numel * t.element_size(), on_device)
+
+
+def _display_path(filename: str) -> str:
+    if filename.startswith("<"):
+        return filename
+    try:
+        rel = os.path.relpath(filename)
+    except ValueError:  # another drive on Windows
+        return filename
+    return filename if rel.startswith("..") else rel
+
+
+class Recorder(TorchDispatchMode):
+    """The dispatch mode behind every collector; not public: use ``fallback_probe.probe``."""
+
+    def __init__(
+        self,
+        *,
+        is_on_device: Callable[[torch.Tensor], bool] | None = None,
+        decompose: bool = False,
+        record_cpu_work: bool = True,
+    ) -> None:
+        super().__init__()
+        self.calls: list[OpCall] = []
+        self.cpu_work: dict[str, int] = {}
+        self._is_on_device = is_on_device
+        self._decompose = decompose
+        self._record_cpu_work = record_cpu_work
+        self._stack: list[tuple[int, str]] = []  # open composite calls: (index, op)
+        self._tracker = ModuleTracker()
+        self._internal_code: dict[CodeType, bool] = {}
+        self._decomposable: dict[str, bool] = {}
+        self.sink: Callable[[OpCall], None] | None = None
+        self._counter = itertools.count()
+
+    # -- context -------------------------------------------------------------------------
+    def __enter__(self) -> Recorder:
+        self._tracker.__enter__()
+        super().__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            super().__exit__(*exc)
+        finally:
+            self._tracker.__exit__(*exc)
+
+    # -- helpers -------------------------------------------------------------------------
+    def _module(self) -> str:
+        parents = self._tracker.parents
+        if len(parents) <= 1:
+            return ""
+        deepest = max((p for p in parents if p != "Global"), key=lambda p: p.count("."))
+        head, _, rest = deepest.partition(".")
+        return rest or head
+
+    def _source(self) -> str:
+        frame = sys._getframe(2)
+        cache = self._internal_code
+        while frame is not None:
+            code = frame.f_code
+            internal = cache.get(code)
+            if internal is None:
+                fn = code.co_filename
+                internal = fn.startswith(_INTERNAL_PREFIXES) or fn.startswith("<frozen")
+                cache[code] = internal
+            if not internal:
+                return f"{_display_path(code.co_filename)}:{frame.f_lineno}"
+            frame = frame.f_back
+        return ""
+
+    def _metas(self, values: Any) -> tuple[tuple[TensorMeta, ...], bool]:
+        out: list[TensorMeta] = []
+        any_dev = False
+        is_dev = self._is_on_device
+        for v in values:
+            if isinstance(v, torch.Tensor):
+                dev = True if is_dev is None else is_dev(v)
+                any_dev = any_dev or dev
+                out.append(_meta(v, dev))
+            elif isinstance(v, (list, tuple)):
+                for w in v:
+                    if isinstance(w, torch.Tensor):
+                        dev = True if is_dev is None else is_dev(w)
+                        any_dev = any_dev or dev
+                        out.append(_meta(w, dev))
+        return tuple(out), any_dev
+
+    def _can_decompose(self, name: str) -> bool:
+        known = self._decomposable.get(name)
+        if known is None:
+            known = name not in NEVER_DECOMPOSE and any(
+                torch._C._dispatch_has_kernel_for_dispatch_key(name, k) for k in _COMPOSITE_KEYS
+            )
+            self._decomposable[name] = known
+        return known
+
+    # -- the hook ------------------------------------------------------------------------
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        kwargs = kwargs or {}
+        name = op_name(func)
+        inputs, in_dev = self._metas(args)
+        if kwargs:
+            kw_inputs, kw_dev = self._metas(kwargs.values())
+            inputs += kw_inputs
+            in_dev = in_dev or kw_dev
+        index = next(self._counter)
+        parent = self._stack[-1][0] if self._stack else None
+        opened = (
+            self._decompose
+            and self._can_decompose(name)
+            and all(op != name for _, op in self._stack)
+        )
+        if opened:
+            self._stack.append((index, name))
+            try:
+                with self:
+                    result = self._run_composite(func, args, kwargs)
+            finally:
+                self._stack.pop()
+            extra: dict[str, Any] = {}
+        else:
+            result, extra = self.run(func, name, args, kwargs)
+        outputs, out_dev = self._metas(result if isinstance(result, (list, tuple)) else (result,))
+        if self._is_on_device is not None and not (in_dev or out_dev) and parent is None:
+            if self._record_cpu_work:
+                self.cpu_work[name] = self.cpu_work.get(name, 0) + 1
+            return result
+        call = OpCall(
+            index=index,
+            op=name,
+            parent=parent,
+            module=self._module(),
+            backward=self._tracker.is_bw,
+            source=self._source(),
+            inputs=inputs,
+            outputs=outputs,
+            **extra,
+        )
+        self._append(call)
+        return result
+
+    def _append(self, call: OpCall) -> None:
+        # Calls are filed as they finish (a composite after its children); ``trace`` sorts.
+        self.calls.append(call)
+        if self.sink is not None:
+            self.sink(call)
+
+    def trace(self) -> list[OpCall]:
+        """The records in call order (a composite before the ops it ran)."""
+        return sorted(self.calls, key=lambda c: c.index)
+
+    def _run_composite(self, func, args, kwargs):
+        for key in _COMPOSITE_KEYS:
+            if torch._C._dispatch_has_kernel_for_dispatch_key(op_name(func), key):
+                return func._op_dk(key, *args, **kwargs)
+        return func(*args, **kwargs)
+
+    def run(self, func, name: str, args: tuple, kwargs: dict) -> tuple[Any, dict[str, Any]]:
+        """Run one op for real; live collectors override this to gather evidence."""
+        return func(*args, **kwargs), {}
+
+    # -- composite ops that decompose above the dispatch mode ---------------------------
+    @contextmanager
+    def composite(self, name: str, args: tuple, kwargs: dict) -> Iterator[None]:
+        """Record ``name`` as a parent of whatever runs inside (see ``intercept.py``)."""
+        inputs, _ = self._metas(args)
+        if kwargs:
+            inputs += self._metas(kwargs.values())[0]
+        index = next(self._counter)
+        parent = self._stack[-1][0] if self._stack else None
+        self._stack.append((index, name))
+        try:
+            yield
+        finally:
+            self._stack.pop()
+        call = OpCall(
+            index=index,
+            op=name,
+            parent=parent,
+            module=self._module(),
+            backward=self._tracker.is_bw,
+            source=self._source(),
+            inputs=inputs,
+            outputs=(),
+        )
+        self._append(call)
