@@ -65,3 +65,43 @@ class OpCall:
     @property
     def touches_device(self) -> bool:
         return any(t.on_device for t in self.inputs) or any(t.on_device for t in self.outputs)
+
+
+# -- trace files: one JSON list per call, so a crashed run still leaves what it recorded ----
+def call_to_json(c: OpCall) -> list[object]:
+    return [
+        c.index,
+        c.op,
+        c.parent,
+        c.module,
+        c.backward,
+        c.source,
+        [[t.dtype, list(t.shape), t.nbytes, t.on_device] for t in c.inputs],
+        [[t.dtype, list(t.shape), t.nbytes, t.on_device] for t in c.outputs],
+        list(c.fallback_ops),
+        c.to_cpu,
+        c.error,
+        c.seconds,
+        list(c.notes),
+    ]
+
+
+def call_from_json(v: list) -> OpCall:  # type: ignore[type-arg]
+    def metas(items: list) -> tuple[TensorMeta, ...]:  # type: ignore[type-arg]
+        return tuple(TensorMeta(d, tuple(s), int(n), bool(o)) for d, s, n, o in items)
+
+    return OpCall(
+        index=int(v[0]),
+        op=v[1],
+        parent=v[2],
+        module=v[3],
+        backward=bool(v[4]),
+        source=v[5],
+        inputs=metas(v[6]),
+        outputs=metas(v[7]),
+        fallback_ops=tuple(v[8]),
+        to_cpu=bool(v[9]),
+        error=v[10],
+        seconds=v[11],
+        notes=tuple(v[12]),
+    )

@@ -1,0 +1,33 @@
+"""Ops whose CPU trace is not what MPS runs, mapped to what the MPS dispatcher reaches.
+
+Some composites pick a kernel by device inside their body (mps-facts §5): on the CPU the
+trace shows CPU-only kernels (``mkldnn_convolution``, ``…_for_cpu``) that must never be
+reported as MPS fallbacks. Each route lists candidates; the first one a release has decides.
+"""
+
+from __future__ import annotations
+
+ROUTES: dict[str, tuple[str, ...]] = {
+    "aten::convolution": ("aten::_mps_convolution",),
+    "aten::_convolution": ("aten::_mps_convolution",),
+    "aten::mkldnn_convolution": ("aten::_mps_convolution",),
+    "aten::convolution_backward": ("aten::mps_convolution_backward",),
+    "aten::mkldnn_rnn_layer": ("aten::_lstm_mps",),
+    "aten::mkldnn_rnn_layer_backward": ("aten::lstm_mps_backward",),
+    "aten::_scaled_dot_product_flash_attention_for_cpu": (
+        "aten::_scaled_dot_product_attention_math_for_mps",
+        "aten::_scaled_dot_product_attention_math",
+    ),
+    # MPS differentiates the math path: its backward is the backward of ordinary ops.
+    "aten::_scaled_dot_product_flash_attention_for_cpu_backward": (
+        "aten::_scaled_dot_product_attention_math",
+    ),
+}
+
+# Kernels that only exist for the CPU: an unrouted one is reported as not judged, never
+# as a fallback.
+CPU_ONLY_MARKERS = ("aten::mkldnn_", "_for_cpu", "aten::_nnpack", "aten::fbgemm_")
+
+
+def is_cpu_only(op: str) -> bool:
+    return any(m in op for m in CPU_ONLY_MARKERS)

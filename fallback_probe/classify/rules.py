@@ -1,0 +1,137 @@
+"""Predict verdicts the way the MPS dispatcher would decide them (docs/verdicts.md).
+
+Pure functions over records: a trace is judged against any number of releases without
+running the model again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from fallback_probe.classify.routes import ROUTES, is_cpu_only
+from fallback_probe.oplists import OpEntry, OpList
+from fallback_probe.records import OpCall, OpStatus, Verdict
+
+NO_FLOAT64 = frozenset({"float64", "complex128"})
+NEEDS_MACOS_14 = frozenset({"bfloat16", "complex64"})
+# Calls that move data by design (mps-facts §9): syncs, not fallbacks.
+SYNC_OPS = frozenset({"aten::_local_scalar_dense"})
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """One call's verdict: ``op`` is the op the backend sees (a delegate or route target)."""
+
+    call: OpCall
+    op: str
+    verdict: Verdict | None  # None: not judged (see ``reason``)
+    reason: str
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for p in text.split("."):
+        digits = "".join(ch for ch in p if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def dtype_verdict(call: OpCall, macos: str) -> tuple[Verdict, str] | None:
+    """MPS refuses some dtypes outright, whatever kernel the op has (mps-facts §6)."""
+    old_macos = _version_tuple(macos) < (14,)
+    for t in (*call.inputs, *call.outputs):
+        if not t.on_device:
+            continue
+        if t.dtype in NO_FLOAT64:
+            return Verdict.UNSUPPORTED, f"MPS has no {t.dtype}"
+        if old_macos and t.dtype in NEEDS_MACOS_14:
+            return Verdict.UNSUPPORTED, f"{t.dtype} on MPS needs macOS 14 or newer"
+    return None
+
+
+def _entry_verdict(op: str, entry: OpEntry, release: str) -> tuple[str, Verdict | None, str]:
+    """Verdict for an op the backend reaches; ``None`` means: judge what it ran instead."""
+    status = entry.status
+    if entry.error_kernel:
+        return op, Verdict.UNSUPPORTED, f"the MPS kernel of {op} only raises in {release}"
+    if status is OpStatus.NATIVE:
+        return op, Verdict.NATIVE, f"MPS kernel in {release}"
+    if status is OpStatus.EXPLICIT_FALLBACK:
+        return op, Verdict.FALLBACK, f"registered straight to the CPU fallback in {release}"
+    if status is OpStatus.MISSING:
+        reached = entry.delegate or op
+        via = f" (reaches the backend as {reached})" if reached != op else ""
+        return reached, Verdict.FALLBACK, f"no MPS kernel in {release}{via}"
+    return op, None, f"{status.value} in {release}"
+
+
+def judge(trace: Sequence[OpCall], oplist: OpList, macos: str) -> list[Judgement]:
+    """Judge every device call of a trace against one release's operator list.
+
+    A composite whose status lets it decompose is judged by the calls recorded inside it;
+    one that the release registers directly (or routes) is judged itself and its children
+    are skipped — as the dispatcher does.
+    """
+    release = oplist.torch_version
+    children: dict[int, list[OpCall]] = {}
+    roots: list[OpCall] = []
+    for call in trace:
+        if call.parent is None:
+            roots.append(call)
+        else:
+            children.setdefault(call.parent, []).append(call)
+    out: list[Judgement] = []
+    stack = list(reversed(roots))
+    while stack:
+        call = stack.pop()
+        kids = children.get(call.index, ())
+        j = _judge_one(call, bool(kids), oplist, release, macos)
+        if j is None:
+            stack.extend(reversed(kids))
+        else:
+            out.append(j)
+    return out
+
+
+def _judge_one(
+    call: OpCall, has_children: bool, oplist: OpList, release: str, macos: str
+) -> Judgement | None:
+    op = call.op
+    if not call.touches_device:
+        return None if has_children else Judgement(call, op, None, "ran on the CPU by the script")
+    if op in SYNC_OPS:
+        return Judgement(call, op, Verdict.NATIVE, "a sync (.item()), not a fallback")
+    by_dtype = dtype_verdict(call, macos)
+    if by_dtype is not None:
+        return Judgement(call, op, by_dtype[0], by_dtype[1])
+    routes = ROUTES.get(op)
+    if routes is not None:
+        for target in routes:
+            entry = oplist.get(target)
+            if entry is None:
+                continue
+            name, verdict, reason = _entry_verdict(target, entry, release)
+            if verdict is None:
+                verdict, reason = Verdict.NATIVE, f"decomposes into portable ops ({reason})"
+            return Judgement(call, name, verdict, f"{reason}; on MPS {op} runs as {target}")
+        return Judgement(call, op, None, f"none of {', '.join(routes)} exists in {release}")
+    entry = oplist.get(op)
+    if entry is None:
+        if is_cpu_only(op):
+            return Judgement(call, op, None, "a CPU-only kernel with no MPS counterpart known")
+        if not op.startswith("aten::"):
+            return Judgement(call, op, None, "registered by another library: not in the list")
+        return Judgement(call, op, None, f"not an op of torch {release}")
+    name, verdict, reason = _entry_verdict(op, entry, release)
+    if verdict is not None:
+        return Judgement(call, name, verdict, reason)
+    if has_children:
+        return None
+    return Judgement(call, op, Verdict.NATIVE, f"runs as other ops on MPS ({reason})")
+
+
+def judge_all(
+    trace: Sequence[OpCall], oplists: Iterable[OpList], macos: str
+) -> dict[str, list[Judgement]]:
+    return {ol.torch_version: judge(trace, ol, macos) for ol in oplists}

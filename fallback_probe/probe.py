@@ -1,0 +1,176 @@
+"""The public context manager: ``with fallback_probe.probe() as p: ...; p.report``.
+
+Like torch's ``FlopCounterMode`` it never prints: the report is an object to render, save,
+compare or assert on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import ExitStack
+from types import TracebackType
+from typing import Literal
+
+from fallback_probe.collect import Collection, this_host
+from fallback_probe.collect.mode import decide
+from fallback_probe.records import Mode, OpCall
+from fallback_probe.report import Report
+from fallback_probe.verdicts import make_report
+
+DEFAULT_FALLBACK_ENV = {"mps": "PYTORCH_ENABLE_MPS_FALLBACK"}
+
+
+def fallback_env_for(device_type: str) -> str:
+    return DEFAULT_FALLBACK_ENV.get(device_type, f"{device_type.upper()}_ENABLE_FALLBACK")
+
+
+class Probe:
+    """Collects while open; ``report`` is ready once the block ends, even if it raised."""
+
+    def __init__(
+        self,
+        *,
+        mode: Literal["auto", "live", "predict"] = "auto",
+        torch_version: str | None = None,
+        macos: str | None = None,
+        device: Literal["cpu", "meta"] = "cpu",
+        emulate: bool = True,
+        device_type: str = "mps",
+        fallback_env: str | None = None,
+    ) -> None:
+        self.requested_mode = mode
+        self.torch_version = torch_version
+        self.macos = macos
+        self.backing = device
+        self.emulate = emulate
+        self.device_type = device_type
+        self.fallback_env = fallback_env or fallback_env_for(device_type)
+        self.collection: Collection | None = None
+        self._report: Report | None = None
+        self._stack: ExitStack | None = None
+        self._recorder = None
+        self._emulation = None
+        self.sink = None  # optional per-call callback (the CLI's child streams to a file)
+
+    @property
+    def report(self) -> Report:
+        if self._report is None:
+            if self.collection is None:
+                raise RuntimeError("the probe has not finished: read .report after the block")
+            self._report = make_report(self.collection, self.torch_version, self.macos)
+        return self._report
+
+    @property
+    def trace(self) -> list[OpCall]:
+        return [] if self.collection is None else list(self.collection.trace)
+
+    def __enter__(self) -> Probe:
+        if self.torch_version is not None:
+            from fallback_probe import oplists
+
+            if self.torch_version != "all":
+                oplists.resolve_release(self.torch_version)  # fail before running anything
+        mode, reason = decide(self.requested_mode, self.device_type)
+        self.collection = None
+        self._report = None
+        self._col = Collection(mode, reason, self.device_type, this_host())
+        stack = ExitStack()
+        try:
+            if mode is Mode.LIVE:
+                self._enter_live(stack)
+            else:
+                self._enter_predict(stack)
+        except BaseException:
+            stack.close()
+            raise
+        self._stack = stack
+        return self
+
+    def _enter_live(self, stack: ExitStack) -> None:
+        import platform
+
+        from fallback_probe.collect.live import LiveRecorder, live_recording
+
+        rec = LiveRecorder(self.device_type, self.fallback_env)
+        rec.sink = self.sink
+        if os.environ.get(self.fallback_env) != "1":
+            self._col.limits.append(
+                f"{self.fallback_env} was not set to 1 for this run: ops without a kernel "
+                "raised and are reported unsupported, not as fallbacks."
+            )
+        if self.device_type == "mps":
+            self._col.macos = platform.mac_ver()[0] or None
+        else:
+            self._col.macos = f"n/a ({self.device_type} backend)"
+        self._recorder = stack.enter_context(live_recording(rec))
+
+    def _enter_predict(self, stack: ExitStack) -> None:
+        from fallback_probe.collect.intercept import intercepting
+        from fallback_probe.collect.tracer import Recorder
+
+        is_on_device = None
+        if self.emulate:
+            from fallback_probe.collect.emulate import emulated_mps
+
+            self._emulation = stack.enter_context(emulated_mps(self.backing))
+            is_on_device = self._emulation.is_emulated
+        elif self.backing == "meta":
+            self._col.limits.append("--device meta needs emulation; ran on the CPU instead.")
+        rec = Recorder(is_on_device=is_on_device, decompose=True)
+        rec.sink = self.sink
+        stack.enter_context(rec)
+        stack.enter_context(intercepting(rec))
+        self._recorder = rec
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
+        assert self._stack is not None
+        try:
+            self._stack.close()
+        finally:
+            col = self._col
+            rec = self._recorder
+            col.trace = rec.trace() if rec is not None else []
+            col.cpu_work = dict(rec.cpu_work) if rec is not None else {}
+            if exc_type is not None:
+                col.complete = False
+                col.error = _describe(exc_type, exc)
+            self._add_notes(col)
+            self.collection = col
+        return False
+
+    def _add_notes(self, col: Collection) -> None:
+        if col.mode is Mode.LIVE:
+            from fallback_probe.collect.live import late_env_note
+
+            note = late_env_note(self._recorder)  # type: ignore[arg-type]
+            if note:
+                col.limits.append(note)
+            return
+        emu = self._emulation
+        if emu is None:
+            col.limits.append("Emulation off: every op of the run was judged as if it ran on MPS.")
+            return
+        for op, where in getattr(emu, "placeholders", ()):
+            col.limits.append(f"{op} at {where} returned a placeholder (no data on meta).")
+        for message, where in getattr(emu, "rejections", ()):
+            col.limits.append(f"A Mac would refuse this at {where}: {message}")
+
+
+def _describe(exc_type: type[BaseException], exc: BaseException | None) -> str:
+    text = str(exc).strip().splitlines()[0] if exc is not None and str(exc).strip() else ""
+    return f"{exc_type.__name__}: {text}" if text else exc_type.__name__
+
+
+def probe(**kwargs: object) -> Probe:
+    """Probe a block of code; see ``Probe`` for the options (docs/api.md)."""
+    return Probe(**kwargs)  # type: ignore[arg-type]
+
+
+def _iter_calls(p: Probe) -> Iterator[OpCall]:
+    yield from p.trace

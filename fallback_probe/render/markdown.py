@@ -1,0 +1,125 @@
+"""Markdown for GitHub (PR comments, ``$GITHUB_STEP_SUMMARY``): problems first, natives folded."""
+
+from __future__ import annotations
+
+from tabulate import tabulate
+
+from fallback_probe.records import Mode, Verdict
+from fallback_probe.report import OpRow, Report
+
+_MAX_LIST = 3
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _short(items: tuple[str, ...]) -> str:
+    if not items:
+        return ""
+    text = ", ".join(f"`{i}`" for i in items[:_MAX_LIST])
+    return text + (f" +{len(items) - _MAX_LIST}" if len(items) > _MAX_LIST else "")
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def headline(report: Report) -> str:
+    """One line a human reads first; also the CLI's stderr summary."""
+    s = report.summary
+    how = "Observed" if report.mode is Mode.LIVE else "Predicted"
+    t = report.target
+    state = "" if report.complete else " (incomplete: the run stopped early)"
+    return (
+        f"{how} for torch {t.torch} on macOS {t.macos} ({t.device}): "
+        f"{s['fallback']} fallback, {s['unsupported']} unsupported, {s['native']} native ops{state}"
+    )
+
+
+def _problem_table(rows: list[OpRow], live: bool) -> str:
+    headers = ["op", "verdict", "calls", "module", "source", "dtypes", "shapes", "to CPU", "back"]
+    if live:
+        headers.append("time")
+    headers.append("why")
+    body = []
+    for r in rows:
+        why = r.error or r.reason
+        if r.called_as:
+            why += f" (called as {', '.join(r.called_as)})"
+        line = [
+            f"`{r.op}`",
+            r.verdict.value,
+            r.calls,
+            _short(r.modules),
+            _short(r.sources),
+            ", ".join(r.dtypes),
+            _cell(", ".join(r.shapes)),
+            _human_bytes(r.bytes_to_cpu) if r.verdict is Verdict.FALLBACK else "",
+            _human_bytes(r.bytes_from_cpu) if r.verdict is Verdict.FALLBACK else "",
+        ]
+        if live:
+            line.append(f"{r.seconds * 1000:.2f} ms" if r.seconds is not None else "")
+        line.append(_cell(why))
+        body.append(line)
+    return tabulate(body, headers=headers, tablefmt="github")
+
+
+def render(report: Report) -> str:
+    t, h = report.target, report.host
+    out = ["# fallback-probe report", "", f"**{headline(report)}**", ""]
+    how = (
+        "observed on this machine" if report.mode is Mode.LIVE else "predicted from operator lists"
+    )
+    out.append(
+        f"Mode: {report.mode.value} ({how}; {report.mode_reason}). "
+        f"Target: torch {t.torch}, macOS {t.macos}, device `{t.device}`. "
+        f"Ran with torch {h.torch} on {h.platform}, Python {h.python}."
+    )
+    if report.error:
+        out += ["", f"> **The run did not finish:** {_cell(report.error)}"]
+    problems = report.rows(Verdict.UNSUPPORTED, Verdict.FALLBACK)
+    out += ["", "## Fallbacks and unsupported ops", ""]
+    if problems:
+        out.append(_problem_table(problems, report.mode is Mode.LIVE))
+    else:
+        out.append("None.")
+    if report.matrix is not None:
+        m = report.matrix
+        out += ["", "## Across releases", ""]
+        if m.ops:
+            table = [[f"`{op}`", *(cells[r] for r in m.releases)] for op, cells in m.ops.items()]
+            out.append(tabulate(table, headers=["op", *m.releases], tablefmt="github"))
+        else:
+            out.append("No fallback or unsupported op in any listed release.")
+        out.append("")
+        if m.native_from:
+            out.append(f"The whole model runs natively from torch {m.native_from} on.")
+        else:
+            out.append("No listed release runs the whole model natively.")
+        if m.upgrade:
+            out.append(f"For torch {t.torch}: {m.upgrade}.")
+    if report.limits or report.not_judged:
+        out += ["", "## What this report could not see", ""]
+        out += [f"- {_cell(lim)}" for lim in report.limits]
+        for n in report.not_judged:
+            out.append(f"- `{n.op}` ({n.calls} calls): not judged — {_cell(n.reason)}")
+    natives = report.rows(Verdict.NATIVE)
+    out += ["", f"<details><summary>Native ops ({len(natives)})</summary>", ""]
+    if natives:
+        table = [[f"`{r.op}`", r.calls, _short(r.modules), ", ".join(r.dtypes)] for r in natives]
+        out.append(tabulate(table, headers=["op", "calls", "module", "dtypes"], tablefmt="github"))
+    out += ["", "</details>"]
+    if report.cpu_work:
+        total = sum(report.cpu_work.values())
+        out += [
+            "",
+            f"The script's own CPU work ({total} op calls on CPU tensors) was not judged: "
+            "on a Mac it runs on the CPU too.",
+        ]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,94 @@
+"""Turn a ``Collection`` into a ``Report``: pick the releases, judge, fold, state the limits."""
+
+from __future__ import annotations
+
+from fallback_probe import oplists
+from fallback_probe.classify.live import judge_live
+from fallback_probe.classify.matrix import build_matrix
+from fallback_probe.classify.rules import judge
+from fallback_probe.collect import Collection
+from fallback_probe.errors import ProbeError
+from fallback_probe.records import Mode
+from fallback_probe.report import Report, Target, build_rows
+
+DEFAULT_MACOS = "15"
+
+PREDICT_LIMITS = (
+    "Predicted, not observed: verdicts come from the operator list of the target release "
+    "(its macOS wheel's native_functions.yaml and explicit CPU-fallback registrations).",
+    "Assumes PYTORCH_ENABLE_MPS_FALLBACK=1: without it every fallback here raises "
+    "NotImplementedError instead.",
+    "Not visible to a prediction: MPS kernels that reject some inputs at run time (dtype, "
+    "rank, size checks) and kernels that send some inputs to the CPU themselves.",
+)
+
+
+def target_releases(torch_version: str | None, installed: str) -> tuple[str, list[str], list[str]]:
+    """(reference release, releases to judge, notes) for ``--torch-version``."""
+    notes: list[str] = []
+    if torch_version is None:
+        reference = oplists.nearest_release(installed)
+        try:
+            oplists.resolve_release(installed)
+        except ProbeError:
+            notes.append(
+                f"Torch {installed} has no operator list; judged against the nearest listed "
+                f"release, {reference}."
+            )
+        return reference, [reference], notes
+    if torch_version == "all":
+        reference = oplists.nearest_release(installed)
+        return reference, list(oplists.releases()), notes
+    reference = oplists.resolve_release(torch_version)
+    return reference, [reference], notes
+
+
+def make_report(
+    col: Collection, torch_version: str | None = None, macos: str | None = None
+) -> Report:
+    limits = list(col.limits)
+    if col.mode is Mode.LIVE:
+        judgements = judge_live(col.trace)
+        rows, not_judged = build_rows(judgements)
+        target = Target(col.host.torch, col.macos or "unknown", col.device_type)
+        return Report(
+            mode=col.mode,
+            mode_reason=col.mode_reason,
+            target=target,
+            host=col.host,
+            complete=col.complete,
+            error=col.error,
+            ops=rows,
+            not_judged=not_judged,
+            cpu_work=col.cpu_work,
+            limits=tuple(limits),
+        )
+    macos = macos or DEFAULT_MACOS
+    reference, releases, notes = target_releases(torch_version, col.host.torch)
+    limits = [*PREDICT_LIMITS, *notes, *limits]
+    traced_minor = ".".join(col.host.torch.split("+")[0].split(".")[:2])
+    if not reference.startswith(traced_minor + ".") or len(releases) > 1:
+        limits.append(
+            f"Traced with torch {col.host.torch}: where another release decomposes ops "
+            "differently above the backend, its trace could differ."
+        )
+    per_release = {r: judge(col.trace, oplists.load(r), macos) for r in releases}
+    rows, not_judged = build_rows(per_release.get(reference, []))
+    matrix = None
+    if len(releases) > 1:
+        matrix = build_matrix(per_release, releases, reference)
+        if reference not in per_release:
+            rows, not_judged = build_rows(judge(col.trace, oplists.load(reference), macos))
+    return Report(
+        mode=col.mode,
+        mode_reason=col.mode_reason,
+        target=Target(reference, macos, col.device_type),
+        host=col.host,
+        complete=col.complete,
+        error=col.error,
+        ops=rows,
+        not_judged=not_judged,
+        cpu_work=col.cpu_work,
+        limits=tuple(limits),
+        matrix=matrix,
+    )
