@@ -59,8 +59,12 @@ class Collection:
         )
 
 
+def call_line(call: OpCall) -> str:
+    return json.dumps(call_to_json(call), separators=(",", ":"))
+
+
 def write_call(fh, call: OpCall) -> None:  # type: ignore[no-untyped-def]
-    fh.write(json.dumps(call_to_json(call), separators=(",", ":")) + "\n")
+    fh.write(call_line(call) + "\n")
 
 
 def read_collection(lines: list[str]) -> Collection:

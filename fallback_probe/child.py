@@ -1,0 +1,84 @@
+"""The model's own process: ``python -m fallback_probe.child SPEC``.
+
+The parent starts it with the fallback variable already set (libtorch reads it once, at load)
+and reads back the trace file, which is flushed as the run goes, so a crash or a timeout
+still leaves what ran. Exit codes: 0 done, 2 bad target, 3 the model failed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+from fallback_probe.atomic import write_text
+from fallback_probe.collect import call_line, write_call
+from fallback_probe.errors import ExitCode, ProbeError
+from fallback_probe.target import Target, load_function, run_function, run_script
+
+_FLUSH_EVERY = 256
+
+
+def _print_user_traceback(exc: BaseException) -> None:
+    """The user's exception as theirs: frames of fallback-probe and runpy left out."""
+    tb = exc.__traceback__
+    pkg = str(Path(__file__).resolve().parent)
+    while tb is not None and (
+        tb.tb_frame.f_code.co_filename.startswith(pkg)
+        or tb.tb_frame.f_code.co_filename.endswith("runpy.py")
+    ):
+        tb = tb.tb_next
+    traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    target = Target(Path(spec["path"]), spec.get("function"), tuple(spec.get("args", ())))
+    from fallback_probe.probe import Probe
+
+    probe = Probe(**spec["probe"])
+    fh = open(spec["trace_path"], "w", encoding="utf-8")  # noqa: SIM115 - closed in finally
+    count = 0
+
+    def sink(call):  # type: ignore[no-untyped-def]
+        nonlocal count
+        write_call(fh, call)
+        count += 1
+        if count % _FLUSH_EVERY == 0:
+            fh.flush()
+
+    probe.sink = sink
+    code = ExitCode.OK
+    try:
+        try:
+            with probe:
+                fh.write(probe._col.header_json() + "\n")
+                fh.flush()
+                if target.function is None:
+                    run_script(target)
+                else:
+                    device = "mps" if probe._col.mode.value == "predicted" else probe.device_type
+                    run_function(load_function(target), device, spec.get("train", False))
+        except ProbeError as exc:
+            print(f"fallback-probe: error: {exc}", file=sys.stderr)
+            code = exc.exit_code
+        except SystemExit as exc:
+            if exc.code not in (None, 0):
+                code = ExitCode.MODEL_FAILED
+        except BaseException as exc:  # the user's model failed: theirs to read
+            _print_user_traceback(exc)
+            code = ExitCode.MODEL_FAILED
+    finally:
+        fh.close()
+    col = probe.collection
+    if col is not None:
+        # The streamed lines were a safety net; the final file carries live evidence that
+        # only exists once the profiler has stopped.
+        lines = [col.header_json(), *(call_line(c) for c in col.trace), col.footer_json()]
+        write_text(spec["trace_path"], "\n".join(lines) + "\n")
+    return int(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
