@@ -1,0 +1,1 @@
+"""pytest plugin (opt-in with --fallback-probe); see docs/pytest-plugin.md."""
