@@ -15,27 +15,31 @@ def build_matrix(
     per_release: Mapping[str, Sequence[Judgement]], releases: Sequence[str], reference: str
 ) -> Matrix:
     """``releases`` oldest first; ``reference`` is the release the report's table is for."""
-    seen: dict[str, dict[str, Verdict]] = {}
+    # The same call can reach the backend under another name in another release (a delegate
+    # that gained a kernel): a row follows the calls, not the name.
+    by_call: dict[str, dict[int, Verdict]] = {}
+    calls_of: dict[str, set[int]] = {}
     for release in releases:
+        cells = by_call[release] = {}
         for j in per_release[release]:
             if j.verdict is None:
                 continue
-            cell = seen.setdefault(j.op, {})
-            old = cell.get(release)
-            if old is None or _WORST[j.verdict] < _WORST[old]:
-                cell[release] = j.verdict
+            i = j.call.index
+            if i not in cells or _WORST[j.verdict] < _WORST[cells[i]]:
+                cells[i] = j.verdict
+            if j.verdict is not Verdict.NATIVE:
+                calls_of.setdefault(j.op, set()).add(i)
+    ops: dict[str, dict[str, str]] = {}
+    for op in sorted(calls_of):
+        row = {}
+        for r in releases:
+            vs = [by_call[r][i] for i in calls_of[op] if i in by_call[r]]
+            row[r] = min(vs, key=_WORST.__getitem__).value if vs else "-"
+        ops[op] = row
     problems = {
-        r: {
-            op
-            for op, cell in seen.items()
-            if cell.get(r) in (Verdict.FALLBACK, Verdict.UNSUPPORTED)
-        }
+        r: {op for op, row in ops.items() if row[r] in ("fallback", "unsupported")}
         for r in releases
     }
-    shown = sorted(
-        op for op, cell in seen.items() if any(v is not Verdict.NATIVE for v in cell.values())
-    )
-    ops = {op: {r: seen[op][r].value if r in seen[op] else "-" for r in releases} for op in shown}
     native_from = None
     for r in reversed(releases):
         if problems[r]:
