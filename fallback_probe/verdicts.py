@@ -76,7 +76,8 @@ def make_report(
     rows, not_judged = build_rows(per_release.get(reference, []))
     matrix = None
     if len(releases) > 1:
-        matrix = build_matrix(per_release, releases, reference)
+        parents = {c.index: c.parent for c in col.trace}
+        matrix = build_matrix(per_release, releases, reference, parents)
         if reference not in per_release:
             rows, not_judged = build_rows(judge(col.trace, oplists.load(reference), macos))
     return Report(

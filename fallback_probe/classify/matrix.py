@@ -12,9 +12,15 @@ _WORST = {Verdict.UNSUPPORTED: 0, Verdict.FALLBACK: 1, Verdict.NATIVE: 2}
 
 
 def build_matrix(
-    per_release: Mapping[str, Sequence[Judgement]], releases: Sequence[str], reference: str
+    per_release: Mapping[str, Sequence[Judgement]],
+    releases: Sequence[str],
+    reference: str,
+    parents: Mapping[int, int | None] | None = None,
 ) -> Matrix:
-    """``releases`` oldest first; ``reference`` is the release the report's table is for."""
+    """``releases`` oldest first; ``reference`` is the release the report's table is for;
+    ``parents`` (call index -> composite call index) lets a composite judged in one release
+    be compared with its parts judged in another."""
+    parents = parents or {}
     # The same call can reach the backend under another name in another release (a delegate
     # that gained a kernel): a row follows the calls, not the name.
     by_call: dict[str, dict[int, Verdict]] = {}
@@ -24,11 +30,13 @@ def build_matrix(
         for j in per_release[release]:
             if j.verdict is None:
                 continue
-            i = j.call.index
-            if i not in cells or _WORST[j.verdict] < _WORST[cells[i]]:
-                cells[i] = j.verdict
+            i: int | None = j.call.index
+            while i is not None:
+                if i not in cells or _WORST[j.verdict] < _WORST[cells[i]]:
+                    cells[i] = j.verdict
+                i = parents.get(i)
             if j.verdict is not Verdict.NATIVE:
-                calls_of.setdefault(j.op, set()).add(i)
+                calls_of.setdefault(j.op, set()).add(j.call.index)
     ops: dict[str, dict[str, str]] = {}
     for op in sorted(calls_of):
         row = {}
