@@ -8,6 +8,7 @@ still leaves what ran. Exit codes: 0 done, 2 bad target, 3 the model failed.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -32,7 +33,16 @@ def _print_user_traceback(exc: BaseException) -> None:
     traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
 
 
+class Stopped(BaseException):
+    """SIGTERM from the parent (``--timeout``): unwind so the trace is written whole."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Stopped
+
+
 def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGTERM, _on_sigterm)
     spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     target = Target(Path(spec["path"]), spec.get("function"), tuple(spec.get("args", ())))
     from fallback_probe.probe import Probe
@@ -63,6 +73,8 @@ def main(argv: list[str]) -> int:
         except ProbeError as exc:
             print(f"fallback-probe: error: {exc}", file=sys.stderr)
             code = exc.exit_code
+        except Stopped:
+            code = ExitCode.MODEL_FAILED
         except SystemExit as exc:
             if exc.code not in (None, 0):
                 code = ExitCode.MODEL_FAILED

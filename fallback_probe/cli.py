@@ -23,6 +23,7 @@ from fallback_probe.render import Format, render
 from fallback_probe.report import Report
 
 SUBCOMMANDS = ("ops", "oplists", "render", "diff")
+_GRACE_SECONDS = 10
 
 
 def _run_parser() -> argparse.ArgumentParser:
@@ -135,8 +136,13 @@ def run_target(args: argparse.Namespace) -> int:
         try:
             code = proc.wait(timeout=args.timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            # SIGTERM first: the child stops the model and writes its whole trace.
+            proc.terminate()
+            try:
+                proc.wait(timeout=_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
             code, timed_out = ExitCode.MODEL_FAILED, True
         except KeyboardInterrupt:
             proc.kill()
@@ -212,7 +218,14 @@ def _dispatch(argv: list[str]) -> int:
         if cmd == "render":
             return render_main(rest)
         return diff_main(rest)
-    return run_target(_run_parser().parse_args(argv))
+    # Everything after the first "--" belongs to the script, untouched by our parser.
+    script_args: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, script_args = argv[:cut], argv[cut + 1 :]
+    args = _run_parser().parse_args(argv)
+    args.args = [*args.args, *script_args]
+    return run_target(args)
 
 
 def main(argv: list[str] | None = None) -> int:
