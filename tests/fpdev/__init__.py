@@ -129,7 +129,7 @@ def run_in_subprocess(
     child_env = {key: value for key, value in os.environ.items() if key != ENV_VAR}
     child_env.update(env or {})
     child_env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+        [str(REPO_ROOT), *filter(None, [child_env.get("PYTHONPATH")])]
     )
     return subprocess.run(
         [sys.executable, "-c", code],
