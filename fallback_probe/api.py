@@ -1,4 +1,4 @@
-"""The public context manager: ``with fallback_probe.probe() as p: ...; p.report``.
+"""The public context manager: ``with fallback_probe.api() as p: ...; p.report``.
 
 Like torch's ``FlopCounterMode`` it never prints: the report is an object to render, save,
 compare or assert on.
@@ -14,6 +14,7 @@ from typing import Literal
 
 from fallback_probe.collect import Collection, this_host
 from fallback_probe.collect.mode import decide
+from fallback_probe.oplists import OpList
 from fallback_probe.records import Mode, OpCall
 from fallback_probe.report import Report
 from fallback_probe.verdicts import make_report
@@ -38,6 +39,7 @@ class Probe:
         emulate: bool = True,
         device_type: str = "mps",
         fallback_env: str | None = None,
+        oplist: OpList | None = None,
     ) -> None:
         self.requested_mode = mode
         self.torch_version = torch_version
@@ -46,6 +48,7 @@ class Probe:
         self.emulate = emulate
         self.device_type = device_type
         self.fallback_env = fallback_env or fallback_env_for(device_type)
+        self.oplist = oplist
         self.collection: Collection | None = None
         self._report: Report | None = None
         self._stack: ExitStack | None = None
@@ -58,7 +61,7 @@ class Probe:
         if self._report is None:
             if self.collection is None:
                 raise RuntimeError("the probe has not finished: read .report after the block")
-            self._report = make_report(self.collection, self.torch_version, self.macos)
+            self._report = make_report(self.collection, self.torch_version, self.macos, self.oplist)
         return self._report
 
     @property
@@ -146,11 +149,9 @@ class Probe:
 
     def _add_notes(self, col: Collection) -> None:
         if col.mode is Mode.LIVE:
-            from fallback_probe.collect.live import late_env_note
+            from fallback_probe.collect.live import live_notes
 
-            note = late_env_note(self._recorder)  # type: ignore[arg-type]
-            if note:
-                col.limits.append(note)
+            col.limits.extend(live_notes(self._recorder))  # type: ignore[arg-type]
             return
         emu = self._emulation
         if emu is None:

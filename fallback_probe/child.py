@@ -45,7 +45,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     target = Target(Path(spec["path"]), spec.get("function"), tuple(spec.get("args", ())))
-    from fallback_probe.probe import Probe
+    from fallback_probe.api import Probe
 
     probe = Probe(**spec["probe"])
     fh = open(spec["trace_path"], "w", encoding="utf-8")  # noqa: SIM115 - closed in finally

@@ -106,8 +106,8 @@ def _probe_spec(args: argparse.Namespace) -> dict[str, object]:
 
 
 def run_target(args: argparse.Namespace) -> int:
+    from fallback_probe.api import fallback_env_for
     from fallback_probe.collect import read_collection
-    from fallback_probe.probe import fallback_env_for
     from fallback_probe.target import Target
     from fallback_probe.verdicts import make_report
 

@@ -8,6 +8,7 @@ from fallback_probe.classify.matrix import build_matrix
 from fallback_probe.classify.rules import judge
 from fallback_probe.collect import Collection
 from fallback_probe.errors import ProbeError
+from fallback_probe.oplists import OpList
 from fallback_probe.records import Mode
 from fallback_probe.report import Report, Target, build_rows
 
@@ -44,8 +45,12 @@ def target_releases(torch_version: str | None, installed: str) -> tuple[str, lis
 
 
 def make_report(
-    col: Collection, torch_version: str | None = None, macos: str | None = None
+    col: Collection,
+    torch_version: str | None = None,
+    macos: str | None = None,
+    oplist: OpList | None = None,
 ) -> Report:
+    """``oplist`` replaces the release lists: predict for another backend's registrations."""
     limits = list(col.limits)
     if col.mode is Mode.LIVE:
         judgements = judge_live(col.trace)
@@ -64,6 +69,20 @@ def make_report(
             limits=tuple(limits),
         )
     macos = macos or DEFAULT_MACOS
+    if oplist is not None:
+        rows, not_judged = build_rows(judge(col.trace, oplist, macos))
+        return Report(
+            mode=col.mode,
+            mode_reason=col.mode_reason,
+            target=Target(oplist.torch_version, macos, col.device_type),
+            host=col.host,
+            complete=col.complete,
+            error=col.error,
+            ops=rows,
+            not_judged=not_judged,
+            cpu_work=col.cpu_work,
+            limits=(*PREDICT_LIMITS[1:], *limits),
+        )
     reference, releases, notes = target_releases(torch_version, col.host.torch)
     limits = [*PREDICT_LIMITS, *notes, *limits]
     traced_minor = ".".join(col.host.torch.split("+")[0].split(".")[:2])

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fallback_probe.probe import Probe
+from fallback_probe.api import Probe
 from fallback_probe.records import Verdict
 
 

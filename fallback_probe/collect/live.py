@@ -36,13 +36,11 @@ class LiveRecorder(Recorder):
         self.device_type = device_type
         self.fallback_env = fallback_env
         self.log: list[warnings.WarningMessage] = []
-        self.unrelated: list[warnings.WarningMessage] = []
         self.late_env = False  # the variable is set now but the backend raised anyway
+        self.unmatched_warnings: list[str] = []
         self._index = 0
 
     def run(self, func, name: str, args: tuple, kwargs: dict) -> tuple[Any, dict[str, Any]]:
-        log = self.log
-        n0 = len(log)
         index = self._index = self._index + 1
         t0 = time.perf_counter()
         try:
@@ -53,23 +51,7 @@ class LiveRecorder(Recorder):
             if kind is None:
                 raise
             return self._on_cpu(func, args, kwargs, exc, kind, index)
-        seconds = time.perf_counter() - t0
-        extra: dict[str, Any] = {"seconds": seconds, "notes": (f"mark={index}",)}
-        if len(log) > n0:
-            named: list[str] = []
-            for w in log[n0:]:
-                text = str(w.message)
-                op = fallback_op_from_warning(text)
-                if op is not None:
-                    named.append(op)
-                elif (inner := kernel_cpu_path_from_warning(text)) is not None:
-                    extra["notes"] += (f"the kernel sent {inner} to the CPU itself",)
-                else:
-                    self.unrelated.append(w)
-            del log[n0:]
-            if named:
-                extra["fallback_ops"] = tuple(named)
-        return result, extra
+        return result, {"seconds": time.perf_counter() - t0, "notes": (f"mark={index}",)}
 
     def _on_cpu(self, func, args, kwargs, exc, kind, index) -> tuple[Any, dict[str, Any]]:
         """Record the refusal, run the op on the CPU, carry on: one run lists every blocker."""
@@ -103,23 +85,43 @@ class LiveRecorder(Recorder):
         return result, {"error": f"{type(exc).__name__}: {message}", "notes": notes}
 
     def apply_profile(self, prof: torch.profiler.profile) -> None:
-        """Mark each recorded call whose op event has an ``aten::_to_cpu`` child."""
-        marked: set[int] = set()
+        """Attach the evidence, which only exists once the run is over.
+
+        Each op event with an ``aten::_to_cpu`` child is a fallback; it is filed under the
+        call whose range encloses it. Warnings reach Python late (when the outermost C++
+        call returns, not when the op does), so they are matched to those events in order,
+        by op name: they supply the overload the profiler leaves out (``aten::sum`` →
+        ``aten::sum.IntList_out``).
+        """
+        events: dict[int, tuple[float, int, str]] = {}  # parent event id -> (start, mark, name)
         for ev in prof.events():
-            if ev.name != "aten::_to_cpu":
+            if ev.name != "aten::_to_cpu" or ev.cpu_parent is None:
                 continue
-            parent = ev.cpu_parent
-            while parent is not None and not parent.name.startswith(_MARK):
-                parent = parent.cpu_parent
-            if parent is not None:
-                marked.add(int(parent.name[len(_MARK) :]))
+            op_event = ev.cpu_parent
+            ancestor = op_event
+            while ancestor is not None and not ancestor.name.startswith(_MARK):
+                ancestor = ancestor.cpu_parent
+            if ancestor is not None:
+                mark = int(ancestor.name[len(_MARK) :])
+                events[op_event.id] = (op_event.time_range.start, mark, op_event.name)
+        warned = [op for w in self.log if (op := fallback_op_from_warning(str(w.message)))]
+        named: dict[int, list[str]] = {}
+        for _, mark, base in sorted(events.values()):
+            full = next((op for op in warned if op.split(".")[0] == base), None)
+            if full is not None:
+                warned.remove(full)
+            named.setdefault(mark, []).append(full or base)
+        self.unmatched_warnings = warned
         calls = []
         for c in self.calls:
-            mark = next((n for n in c.notes if n.startswith("mark=")), None)
+            mark = next((int(n[5:]) for n in c.notes if n.startswith("mark=")), None)
             notes = tuple(n for n in c.notes if not n.startswith("mark="))
-            hit = mark is not None and int(mark[5:]) in marked
-            calls.append(replace(c, to_cpu=hit, notes=notes))
+            fell = tuple(named.get(mark, ())) if mark is not None else ()
+            calls.append(replace(c, to_cpu=bool(fell), fallback_ops=fell, notes=notes))
         self.calls = calls
+
+    def kernel_cpu_paths(self) -> list[str]:
+        return [op for w in self.log if (op := kernel_cpu_path_from_warning(str(w.message)))]
 
 
 @contextmanager
@@ -144,9 +146,29 @@ def live_recording(recorder: LiveRecorder, profile: bool = True) -> Iterator[Liv
             stack.pop_all().close()  # stop the profiler, restore warnings, then read
             if prof is not None:
                 recorder.apply_profile(prof)
-            for w in [*recorder.unrelated, *log]:
-                if fallback_op_from_warning(str(w.message)) is None:
+            for w in log:
+                text = str(w.message)
+                if (
+                    fallback_op_from_warning(text) is None
+                    and kernel_cpu_path_from_warning(text) is None
+                ):
                     warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+def live_notes(recorder: LiveRecorder) -> list[str]:
+    """What the report must say beyond the verdicts."""
+    notes = []
+    note = late_env_note(recorder)
+    if note:
+        notes.append(note)
+    for op in sorted(set(recorder.kernel_cpu_paths())):
+        notes.append(
+            f"An MPS kernel sent {op} to the CPU itself (its own warning); not a fallback."
+        )
+    if recorder.unmatched_warnings:
+        names = ", ".join(sorted(set(recorder.unmatched_warnings)))
+        notes.append(f"Fallback warnings with no matching profiler event: {names}.")
+    return notes
 
 
 def late_env_note(recorder: LiveRecorder) -> str | None:
@@ -159,4 +181,4 @@ def late_env_note(recorder: LiveRecorder) -> str | None:
     )
 
 
-__all__ = ["LiveRecorder", "OpCall", "late_env_note", "live_recording"]
+__all__ = ["LiveRecorder", "OpCall", "live_notes", "live_recording"]

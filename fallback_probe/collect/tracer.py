@@ -72,7 +72,7 @@ def _display_path(filename: str) -> str:
 
 
 class Recorder(TorchDispatchMode):
-    """The dispatch mode behind every collector; not public: use ``fallback_probe.probe``."""
+    """The dispatch mode behind every collector; not public: use ``fallback_probe.probe()``."""
 
     def __init__(
         self,
