@@ -27,7 +27,7 @@ from fallback_probe.options import PROBE_OPTIONS, add_options
 from fallback_probe.records import Verdict
 
 if TYPE_CHECKING:  # torch-heavy modules are imported only once a probed test runs
-    from fallback_probe.probe import Probe
+    from fallback_probe.api import Probe
     from fallback_probe.records import OpCall
     from fallback_probe.report import Report
 
@@ -254,7 +254,7 @@ class ProbedTest:
         return make_report(col, self._gate.torch_version, self._gate.macos)
 
     def open(self) -> None:
-        from fallback_probe.probe import Probe
+        from fallback_probe.api import Probe
 
         mode, _ = self._gate.decided()
         probe = Probe(
@@ -288,6 +288,7 @@ class ProbedTest:
             return out
         out["target"] = {"torch": rep.target.torch, "macos": rep.target.macos}
         out["target"]["mode"] = rep.mode.value
+        out["reason"] = self._gate.decided()[1]
         out["complete"] = rep.complete
         problems: dict[str, dict[str, Any]] = {}
         for row in rep.rows(Verdict.UNSUPPORTED, Verdict.FALLBACK):
@@ -349,6 +350,8 @@ class Outcome:
     """The comparison of one session's results with the baseline."""
 
     target: dict[str, str | None] | None
+    reason: str = ""  # why live or predicted
+    seen: list[tuple[Finding, str]] = field(default_factory=list)  # every problem op, status
     new: list[Finding] = field(default_factory=list)  # new or worse, in known tests
     new_tests: dict[str, list[Finding]] = field(default_factory=dict)
     improved: list[Finding] = field(default_factory=list)
@@ -358,9 +361,9 @@ class Outcome:
     known: int = 0  # baselined problems still present
     allowed: int = 0  # problems covered by allow markers
 
-    @property
-    def failed(self) -> bool:
-        return bool(self.new or self.new_tests or self.errors)
+    def failed(self, updating: bool) -> bool:
+        """Updating accepts new problems; a test the probe could not judge fails regardless."""
+        return bool(self.errors or (not updating and (self.new or self.new_tests)))
 
 
 class Gate:
@@ -462,18 +465,18 @@ class Gate:
         )
         if self.update:
             if interrupted:
-                self.written = "not written: the session was interrupted"
+                self.written = "baseline not written: the session was interrupted"
             else:
                 self._write_baseline(outcome)
         if self.report_path is not None:
             write_text(self.report_path, render_markdown(outcome, self))
-        if outcome.failed and not self.update and session.exitstatus == pytest.ExitCode.OK:
+        if outcome.failed(self.update) and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def _write_baseline(self, outcome: Outcome) -> None:
         old = self.baseline
         if outcome.target is None and old is None:
-            self.written = "not written: no test was probed"
+            self.written = "baseline not written: no test was probed"
             return
         tests = {} if old is None else {k: dict(v) for k, v in old.tests.items()}
         for nodeid in self.opted_out:
@@ -495,10 +498,10 @@ class Gate:
         text = Baseline(dict(target), tests).dumps()
         path = self.baseline_path
         if path.exists() and path.read_text(encoding="utf-8") == text:
-            self.written = f"{_show(path, self.config)} is up to date ({len(tests)} tests)"
+            self.written = f"baseline {_show(path, self.config)} is up to date ({len(tests)} tests)"
             return
         write_text(path, text)
-        self.written = f"wrote {_show(path, self.config)} ({len(tests)} tests)"
+        self.written = f"wrote the baseline {_show(path, self.config)} ({len(tests)} tests)"
 
     def tighten_command(self, nodeids: Iterable[str]) -> str:
         """The exact command that rewrites the baseline entries of ``nodeids``."""
@@ -549,16 +552,16 @@ def compare(
 ) -> Outcome:
     """New problems fail; gone or milder ones are improvements; unknown tests are new."""
     targets = [d["target"] for d in results.values() if "target" in d]
-    out = Outcome(target=targets[0] if targets else None)
+    reasons = [d["reason"] for d in results.values() if "reason" in d]
+    out = Outcome(target=targets[0] if targets else None, reason=reasons[0] if reasons else "")
     if any(t != out.target for t in targets):
         out.notes.append("Tests were judged for different targets; the first one is recorded.")
     if baseline is None:
         out.notes.append(f"No baseline at {path}: every probed test is new.")
     elif out.target is not None and baseline.target != out.target:
         out.notes.append(
-            f"The baseline was recorded {_describe_target(baseline.target)} "
-            f"({baseline.target.get('mode')}); this run is {_describe_target(out.target)} "
-            f"({out.target.get('mode')}). Compared anyway: a difference may come from that "
+            f"The baseline holds verdicts {_describe_target(baseline.target)}; this run's are "
+            f"{_describe_target(out.target)}. Compared anyway: a difference may come from that "
             "change, not from the code under test."
         )
     for data in results.values():
@@ -577,19 +580,27 @@ def compare(
         out.allowed += len(problems) - len(seen)
 
         known = None if baseline is None else baseline.tests.get(nodeid)
-        if known is None:
-            out.new_tests[nodeid] = [
-                _finding(nodeid, op, None, problems[op]) for op in sorted(seen)
-            ]
-            continue
-        for op in sorted(seen):
-            was = known.get(op)
-            if was is None or _RANK[seen[op]] < _RANK[was]:
-                out.new.append(_finding(nodeid, op, was, problems[op]))
+        for op in sorted(problems):
+            was = None if known is None else known.get(op)
+            f = _finding(nodeid, op, was, problems[op])
+            if op not in seen:
+                status = "allowed"
+            elif known is None:
+                status = "new test"
+                out.new_tests.setdefault(nodeid, []).append(f)
+            elif was is None or _RANK[seen[op]] < _RANK[was]:
+                status = "NEW" if was is None else "WORSE"
+                out.new.append(f)
             else:
+                status = "in baseline"
                 out.known += 1
                 if _RANK[seen[op]] > _RANK[was]:
-                    out.improved.append(_finding(nodeid, op, was, problems[op]))
+                    status = "milder"
+                    out.improved.append(f)
+            out.seen.append((f, status))
+        if known is None:
+            out.new_tests.setdefault(nodeid, [])
+            continue
         if data.get("complete", True):  # ops after an early stop were never reached
             out.improved += [
                 _finding(nodeid, op, was, {}) for op, was in sorted(known.items()) if op not in seen
@@ -615,7 +626,8 @@ def summary_lines(out: Outcome, gate: Gate) -> list[tuple[str, dict[str, bool]]]
     lines: list[tuple[str, dict[str, bool]]] = []
     base = _show(gate.baseline_path, gate.config)
     what = _describe_target(out.target) if out.target else "nothing probed"
-    lines.append((f"{what}; {out.probed} tests probed; baseline {base}", plain))
+    why = f" ({out.reason})" if out.reason else ""
+    lines.append((f"{what}{why}; {out.probed} tests probed; baseline {base}", plain))
     lines += [(f"NOTE: {n}", {"yellow": True}) for n in out.notes]
 
     def block(title: str, items: list[str], markup: dict[str, bool]) -> None:
@@ -631,36 +643,46 @@ def summary_lines(out: Outcome, gate: Gate) -> list[tuple[str, dict[str, bool]]]
 
     red, green = {"red": True}, {"green": True}
     block("Probe errors", [f"{k}: {v}" for k, v in out.errors.items()], red)
-    block("New fallbacks or unsupported ops", [_finding_text(f) for f in out.new], red)
+    accepted = plain if gate.update else red
+    block("New fallbacks or unsupported ops", [_finding_text(f) for f in out.new], accepted)
     new_tests = [
         f"{nodeid}: " + (", ".join(f"{f.op} {f.verdict}" for f in fs) or "no problem ops")
         for nodeid, fs in out.new_tests.items()
     ]
-    block("Tests not in the baseline", new_tests, plain if gate.update else red)
+    block("Tests not in the baseline", new_tests, accepted)
     block("Improvements", [_finding_text(f) for f in out.improved], green)
     if out.improved and not gate.update:
         cmd = gate.tighten_command(f.nodeid for f in out.improved)
         lines.append((f"Tighten the baseline: {cmd}", green))
     if gate.written:
-        lines.append((f"Baseline {gate.written}.", plain))
+        lines.append((f"fallback-probe {gate.written}.", plain))
     if gate.report_path is not None:
         lines.append((f"Report: {_show(gate.report_path, gate.config)}", plain))
-    if out.failed and not gate.update:
+    if out.failed(gate.update):
         why = []
-        if out.new:
-            why.append(f"{len(out.new)} new problem ops")
-        if out.new_tests:
-            why.append(f"{len(out.new_tests)} tests not in the baseline")
+        if out.new and not gate.update:
+            why.append(_count(len(out.new), "new problem op"))
+        if out.new_tests and not gate.update:
+            why.append(_count(len(out.new_tests), "test") + " not in the baseline")
         if out.errors:
-            why.append(f"{len(out.errors)} probe errors")
-        cmd = gate.tighten_command(())
-        lines.append(
-            (f"fallback-probe FAILED the session: {', '.join(why)}. If intended: {cmd}", red)
+            why.append(_count(len(out.errors), "probe error"))
+        hint = ""
+        if (out.new or out.new_tests) and not gate.update:
+            hint = f" If that is intended, accept it: {gate.tighten_command(())}"
+        lines.append((f"fallback-probe FAILED the session: {', '.join(why)}.{hint}", red))
+    elif gate.update:
+        news = (
+            _count(len(out.new), "new problem op") + ", " + _count(len(out.new_tests), "new test")
         )
+        lines.append((f"fallback-probe: updating, {news} accepted.", green))
     else:
         tail = f" ({out.known} known, {out.allowed} allowed)" if out.known or out.allowed else ""
         lines.append((f"fallback-probe: no new fallbacks{tail}.", green))
     return lines
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def render_markdown(out: Outcome, gate: Gate) -> str:
@@ -682,12 +704,13 @@ def render_markdown(out: Outcome, gate: Gate) -> str:
         headers = ["test", "op", "now", "baseline", "module", "source"]
         return tabulate(rows, headers=headers, tablefmt="github")
 
-    status = "FAILED" if out.failed and not gate.update else "passed"
+    status = "FAILED" if out.failed(gate.update) else "passed"
     what = _describe_target(out.target) if out.target else "nothing probed"
     md = [
         "# fallback-probe: pytest session",
         "",
-        f"**Gate {status}**: {what}; {out.probed} tests probed; "
+        f"**Gate {status}**: {what}{f' ({out.reason})' if out.reason else ''}; "
+        f"{out.probed} tests probed; "
         f"baseline `{_show(gate.baseline_path, gate.config)}`.",
         "",
     ]
@@ -705,9 +728,20 @@ def render_markdown(out: Outcome, gate: Gate) -> str:
         md.append(table(findings) if findings else "None.")
     if out.new_tests:
         md += ["", "New tests: " + ", ".join(f"`{n}`" for n in out.new_tests)]
+    md += ["", f"## Every fallback and unsupported op of this run ({len(out.seen)})", ""]
+    if out.seen:
+        rows = [
+            [f"`{f.nodeid}`", f"`{f.op}`", f.verdict, status, ", ".join(f.modules)]
+            + [", ".join(f"`{s}`" for s in f.sources)]
+            for f, status in out.seen
+        ]
+        headers = ["test", "op", "verdict", "status", "module", "source"]
+        md.append(tabulate(rows, headers=headers, tablefmt="github"))
+    else:
+        md.append("None.")
     if out.improved and not gate.update:
         cmd = gate.tighten_command(f.nodeid for f in out.improved)
         md += ["", "Tighten the baseline:", "", "```sh", cmd, "```"]
     if gate.written:
-        md += ["", f"Baseline {gate.written}."]
+        md += ["", f"fallback-probe {gate.written}."]
     return "\n".join(md) + "\n"
