@@ -78,17 +78,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def _active(config: pytest.Config) -> bool:
-    return bool(config.getoption("fallback_probe", False) or config.getini("fallback_probe"))
+def _option(config: pytest.Config, name: str, default: Any, early: bool) -> Any:
+    """In early hooks ``config.option`` still holds defaults: read the pre-parsed args."""
+    return getattr(config.known_args_namespace if early else config.option, name, default)
 
 
-def _env_note(config: pytest.Config) -> str | None:
+def _active(config: pytest.Config, early: bool = False) -> bool:
+    flag = _option(config, "fallback_probe", False, early)
+    return bool(flag or config.getini("fallback_probe"))
+
+
+def _env_note(config: pytest.Config, early: bool = False) -> str | None:
     """Set the fallback variable while it still matters; say so when it is too late.
 
     The backend reads it once, when torch loads (mps-facts §1): set later, an op without an
     MPS kernel raises instead of falling back, and live mode would report it unsupported.
     """
-    if config.getoption("fallback_mode", "auto") == "predict" or FALLBACK_ENV in os.environ:
+    if _option(config, "fallback_mode", "auto", early) == "predict" or FALLBACK_ENV in os.environ:
         return None
     late = "torch" in sys.modules
     os.environ[FALLBACK_ENV] = "1"  # still reaches child processes and the live recorder
@@ -108,8 +114,8 @@ _GATE = pytest.StashKey["Gate"]()
 @pytest.hookimpl(tryfirst=True)
 def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
     # Earliest point with options parsed: before conftest.py files can import torch.
-    if _active(early_config):
-        early_config.stash[_ENV_NOTE] = _env_note(early_config)
+    if _active(early_config, early=True):
+        early_config.stash[_ENV_NOTE] = _env_note(early_config, early=True)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -443,8 +449,8 @@ class Gate:
 
     # -- collecting and comparing (the controller, or the only process) -----------------
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if self.is_worker or report.when != "call":
-            return
+        if self.is_worker or report.when != "call" or report.skipped:
+            return  # a test that skipped (or xfailed) at run time is treated as not run
         for name, value in report.user_properties:
             if name == PROPERTY:
                 data = json.loads(value)
@@ -455,7 +461,7 @@ class Gate:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if self.is_worker:
+        if self.is_worker or self.config.option.collectonly:
             return
         outcome = self.outcome = compare(self.results, self.baseline, self.baseline_path)
         interrupted = session.exitstatus in (

@@ -6,14 +6,17 @@ Models run on the emulated ``mps`` device in predict mode, judged for torch 2.15
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
+import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
 
-from fallback_probe.plugin import Baseline, _allowed, compare
+from fallback_probe.plugin import FALLBACK_ENV, Baseline, _allowed, _env_note, compare
 
 pytest_plugins = ["pytester"]
 
@@ -265,6 +268,11 @@ def test_corrupt_baseline_is_a_usage_error(pytester: pytest.Pytester, text: str)
 def test_probe_failure_is_reported_plainly(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(
         """
+        import os
+
+        # Set by the plugin before conftest files load, so before they can import torch.
+        assert os.environ["PYTORCH_ENABLE_MPS_FALLBACK"] == "1"
+
         from fallback_probe.api import Probe
 
         def broken(self):
@@ -288,7 +296,7 @@ def test_probe_failure_is_reported_plainly(pytester: pytest.Pytester) -> None:
     result.stderr.fnmatch_lines(["*--fallback-torch-version: *1.0*"])
 
 
-# -- in-process: the comparison rules --------------------------------------------------------
+# -- in-process: the fallback variable and the comparison rules --------------------------------------------------------
 def result(problems: dict[str, str], complete: bool = True, allow: tuple = ()) -> dict:
     ops = {op: {"verdict": v, "modules": [], "sources": []} for op, v in problems.items()}
     return {"target": TARGET, "complete": complete, "problems": ops, "allow": list(allow)}
@@ -312,6 +320,21 @@ def test_compare_rules() -> None:
     assert list(out.new_tests) == ["t::c"] and out.allowed == 1
     assert out.failed(updating=False) and not out.failed(updating=True)
     assert not out.notes
+
+
+class FakeConfig:
+    option = known_args_namespace = argparse.Namespace(fallback_mode="auto")
+
+
+def test_fallback_variable_set_early_or_flagged(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(FALLBACK_ENV, raising=False)
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    assert _env_note(FakeConfig()) is None  # type: ignore[arg-type]
+    assert os.environ[FALLBACK_ENV] == "1"
+    monkeypatch.delenv(FALLBACK_ENV)
+    monkeypatch.setitem(sys.modules, "torch", sys)  # torch came first: too late to matter
+    note = _env_note(FakeConfig())  # type: ignore[arg-type]
+    assert note is not None and "torch was imported before" in note
 
 
 def test_allow_patterns() -> None:
