@@ -76,6 +76,8 @@ def test_provenance_is_complete(release: str) -> None:
     int(prov["torch_git_version"], 16)
     assert prov["source"] == "torchgen/packaged/ATen/native/native_functions.yaml"
     assert prov["generator"] == build.GENERATOR
+    core_autogen = oplists.version_key(release) >= (2, 6, 0)
+    assert prov["autogen_rule"].endswith("only when tagged core" if core_autogen else "never")
     minor = ".".join(release.split(".")[:2])
     assert prov["explicit_fallbacks"].endswith(f"[{minor}]")
     has_expectations = oplists.version_key(release) >= (2, 8, 0)
@@ -122,9 +124,31 @@ def test_known_points(release: str) -> None:
     assert _status("aten::embedding_renorm_", release) is OpStatus.EXPLICIT_FALLBACK
 
 
+@pytest.mark.parametrize("release", RELEASES)
+def test_only_ops_torchgen_generates(release: str) -> None:
+    oplist = oplists.load(release)
+    assert "aten::upsample_nearest3d.vec_out" not in oplist  # autogen of a plain composite
+    assert "aten::prelu.out" not in oplist
+    core_out = "aten::upsample_bilinear2d.vec_out" in oplist  # a core composite's autogen
+    assert core_out == (oplists.version_key(release) >= (2, 6, 0))
+    assert oplist.get("aten::native_group_norm.out").status is OpStatus.COMPOSITE_EXPLICIT
+
+
 def test_bitwise_kernels_outside_the_yaml_in_2_0_only() -> None:
     assert _status("aten::bitwise_and.Tensor_out", "2.0.1") is OpStatus.NATIVE
     assert _status("aten::bitwise_not.out", "2.0.1") is OpStatus.NATIVE
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_python_registered_mps_kernels(release: str) -> None:
+    """torch registers a few MPS kernels from Python at import (torch/backends/mps, _refs)."""
+    minor = oplists.version_key(release)[:2]
+    assert _status("aten::native_group_norm", release) is OpStatus.NATIVE
+    assert _status("aten::native_group_norm_backward", release) is OpStatus.NATIVE
+    assert _status("aten::var_mean.correction", release) is OpStatus.NATIVE
+    lu_solve = OpStatus.NATIVE if minor >= (2, 10) else OpStatus.MISSING
+    assert _status("aten::linalg_lu_solve.out", release) is lu_solve
+    assert _status("aten::linalg_lu_solve", release) is lu_solve
 
 
 def test_functional_op_records_the_out_op_the_fallback_sees() -> None:

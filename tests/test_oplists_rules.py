@@ -51,6 +51,10 @@ def result() -> dict:
         ("aten::fused_", N),
         ("aten::fused", CE),  # autogen'd variants never inherit the MPS kernel
         ("aten::fused.out", CE),
+        ("aten::implicit_autogen", CI),
+        ("aten::implicit_core", CI),
+        ("aten::implicit_core.out", CE),  # core composite: generated (2.6+ torchgen)
+        ("aten::manual_", M),
         ("aten::gen_twice.List_out", CE),  # the same autogen listed twice
         ("aten::cpp_args", M),
         ("aten::linalg_svd", EF),  # the table beats the implicit composite
@@ -68,7 +72,8 @@ def test_status(result: dict, op: str, status: OpStatus) -> None:
 
 def test_every_overload_is_listed_once(result: dict) -> None:
     funcs = [e["func"].split("(")[0] for e in _yaml.load(FIXTURE.read_text())]
-    autogen = {"explicit_op.out", "fused", "fused.out", "gen_twice.List_out"}
+    # not generated: manual.out (manual_cpp_binding), implicit_autogen.out (composite, not core)
+    autogen = {"explicit_op.out", "fused", "fused.out", "gen_twice.List_out", "implicit_core.out"}
     assert set(result) == {"aten::" + name for name in [*funcs, *autogen]}
     assert all(entry.op == op for op, entry in result.items())
     assert not any(op.endswith(".default") for op in result)
@@ -84,6 +89,24 @@ def test_facts_behind_the_status(result: dict) -> None:
     assert result["aten::_slow_conv2d_forward"].error_kernel
     assert not result["aten::native_op"].error_kernel
     assert result["aten::native_op"].delegate is None
+
+
+def test_autogen_of_composites_before_2_6() -> None:
+    entries = _rules.parse_entries(_yaml.load(FIXTURE.read_text()))
+    old = _rules.classify(entries, TABLE, core_composites_autogen=False)
+    assert "aten::implicit_core.out" not in old
+    assert "aten::implicit_autogen.out" not in old
+    assert "aten::explicit_op.out" in old
+
+
+def test_autogen_rule_is_read_from_torchgen() -> None:
+    new = "            if are_manual or has_view_ops or are_composite_implicit and not is_core:\n"
+    old = "            if are_manual or has_view_ops or are_composite_implicit:\n"
+    assert _rules.autogen_rule(new) is True
+    assert _rules.autogen_rule(old) is False
+    for changed in (None, "", "if are_manual or has_view_ops:\n"):
+        with pytest.raises(_rules.RuleError, match="changed"):
+            _rules.autogen_rule(changed)
 
 
 def test_other_backend_key() -> None:

@@ -17,12 +17,13 @@ from fallback_probe.records import OpStatus
 
 FIXTURES = Path(__file__).parent / "fixtures" / "oplists"
 COMMON_MPS = 'def mps_ops_modifier(ops):\n    SKIPLIST = {"nn.functional.conv3d": None}\n'
+GENERATION = "if are_manual or has_view_ops or are_composite_implicit and not is_core:\n"
 
 
 def make_wheel(
     directory: Path, version: str = "2.15.0", common_mps: bool = True, name: str | None = None
 ) -> Path:
-    """A tiny stand-in torch wheel with the three members the generator reads."""
+    """A tiny stand-in torch wheel with the members the generator reads."""
     path = directory / (name or f"torch-{version}-cp311-cp311-macosx_14_0_arm64.whl")
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr(_wheel.YAML_MEMBER, (FIXTURES / "native_functions.yaml").read_text())
@@ -30,6 +31,7 @@ def make_wheel(
             _wheel.VERSION_MEMBER,
             f"__version__ = '{version}'\ndebug = False\ngit_version = '{'ab' * 20}'\n",
         )
+        archive.writestr(_wheel.GENERATION_MEMBER, GENERATION)
         if common_mps:
             archive.writestr(_wheel.COMMON_MPS_MEMBER, COMMON_MPS)
         archive.writestr("torch/lib/libtorch_cpu.dylib", b"\0" * 64)
@@ -54,6 +56,8 @@ def test_built_file_content(tmp_path: Path) -> None:
         "sha256": hashlib.sha256(wheel.read_bytes()).hexdigest(),
         "torch_git_version": "ab" * 20,
         "source": _wheel.YAML_MEMBER,
+        "autogen_rule": f"{_wheel.GENERATION_MEMBER}: composite-implicit groups get autogen "
+        "variants only when tagged core",
         "mps_test_expectations": _wheel.COMMON_MPS_MEMBER,
         "explicit_fallbacks": "fallback_probe/oplists/explicit_fallbacks.json [2.15]",
         "generator": build.GENERATOR,

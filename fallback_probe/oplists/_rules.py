@@ -12,11 +12,15 @@ Pure functions, no I/O. The rules mirror torchgen (``torchgen/model.py``,
    (torchgen adds that key itself when ``dispatch:`` is absent; ``dispatch: {}`` adds nothing);
 5. ``CompositeExplicitAutograd`` / ``CompositeExplicitAutogradNonFunctional`` -> composite_explicit;
 6. anything else -> missing (the boxed fallback);
-7. each ``autogen:`` name is an extra overload with a generated CompositeExplicitAutograd kernel.
+7. each ``autogen:`` name is an extra overload with a generated CompositeExplicitAutograd kernel,
+   except that torchgen generates nothing for a group whose entries are all composite-implicit
+   (``native_function_generation.py``); from 2.6 on it does for such groups tagged ``core``.
+   It also skips groups that are all ``manual_cpp_binding``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -39,6 +43,14 @@ class YamlEntry:
     dispatch_keys: frozenset[str] | None = None  # None: no dispatch: section
     structured_delegate: str | None = None  # "add.out"
     autogen: tuple[str, ...] = ()
+    core: bool = False  # tags include "core"
+    manual_cpp_binding: bool = False
+
+    def composite_implicit(self) -> bool:
+        """torchgen's has_composite_implicit_autograd_kernel."""
+        if self.dispatch_keys is None:
+            return self.structured_delegate is None
+        return IMPLICIT in self.dispatch_keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +107,14 @@ def parse_entry(raw: Mapping[str, object]) -> YamlEntry:
     autogen = raw.get("autogen") or ""
     if not isinstance(autogen, str) or (delegate is not None and not isinstance(delegate, str)):
         raise RuleError(f"{name}: autogen / structured_delegate must be strings")
+    tags = raw.get("tags") or []
     return YamlEntry(
         name=name,
         dispatch_keys=keys,
         structured_delegate=delegate,
         autogen=tuple(part.strip() for part in autogen.split(",") if part.strip()),
+        core="core" in ([tags] if isinstance(tags, str) else tags),
+        manual_cpp_binding=raw.get("manual_cpp_binding") is True,
     )
 
 
@@ -108,20 +123,28 @@ def classify(
     table: ReleaseTable = ReleaseTable(),
     key: str = "MPS",
     sparse_keys: tuple[str, ...] = ("SparseMPS", "SparseCsrMPS"),
+    core_composites_autogen: bool = True,
 ) -> dict[str, OpEntry]:
-    """Every overload (including autogen'd ones) -> its OpEntry for dispatch key ``key``."""
+    """Every overload (including generated ones) -> its OpEntry for dispatch key ``key``.
+
+    ``core_composites_autogen``: whether this release's torchgen generates the ``autogen:``
+    variants of core-tagged composite-implicit ops (2.6+; see :func:`autogen_rule`).
+    """
     entries = list(entries)
     by_name: dict[str, YamlEntry] = {}
     for entry in entries:
         if entry.name in by_name:
             raise RuleError(f"operator {entry.name} is defined twice")
         by_name[entry.name] = entry
-    generated = frozenset(EXPLICIT[:1])
+    sources: dict[str, list[YamlEntry]] = {}
     for entry in entries:
         for name in entry.autogen:  # 2.0 lists some twice (functional and in-place entry)
-            if name in by_name and by_name[name].dispatch_keys is not generated:
+            if name in by_name:
                 raise RuleError(f"autogen {name} is also a func entry")
-            by_name[name] = YamlEntry(name=name, dispatch_keys=generated)
+            sources.setdefault(name, []).append(entry)
+    for name, group in sources.items():
+        if _generated(group, core_composites_autogen):
+            by_name[name] = YamlEntry(name=name, dispatch_keys=frozenset(EXPLICIT[:1]))
     unknown = sorted(table.names() - by_name.keys())
     if unknown:
         raise RuleError(f"the release table names ops this release does not define: {unknown}")
@@ -150,6 +173,30 @@ def classify(
             error_kernel=name in table.error_kernel,
         )
     return result
+
+
+def _generated(group: list[YamlEntry], core_composites_autogen: bool) -> bool:
+    """Does torchgen generate the autogen variant these entries declare?"""
+    if all(entry.manual_cpp_binding for entry in group):
+        return False
+    if all(entry.composite_implicit() for entry in group):
+        return core_composites_autogen and any(entry.core for entry in group)
+    return True
+
+
+def autogen_rule(native_function_generation_py: str | None) -> bool:
+    """Read from the release's own torchgen whether core composite-implicit ops get variants.
+
+    torchgen <= 2.5: ``if are_manual or has_view_ops or are_composite_implicit: continue``;
+    2.6+: ``... or are_composite_implicit and not is_core``. Anything else is a new rule to
+    review, so it is an error rather than a guess.
+    """
+    source = native_function_generation_py or ""
+    if re.search(r"are_composite_implicit\s+and\s+not\s+is_core\b", source):
+        return True
+    if re.search(r"or\s+are_composite_implicit\s*:", source):
+        return False
+    raise RuleError("torchgen's rule for generating autogen variants changed: review _rules.py")
 
 
 def _own_status(

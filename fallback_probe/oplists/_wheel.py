@@ -1,4 +1,4 @@
-"""Find, download and read a torch macOS arm64 wheel: only the three members the lists need.
+"""Find, download and read a torch macOS arm64 wheel: only the few members the lists need.
 
 The macOS wheel is the source of truth because the MPS kernels only exist there; the yaml in
 it is the one that release's codegen used. Downloads are verified against PyPI's sha256.
@@ -25,6 +25,7 @@ SIMPLE_URL = "https://pypi.org/simple/torch/"
 YAML_MEMBER = "torchgen/packaged/ATen/native/native_functions.yaml"
 VERSION_MEMBER = "torch/version.py"
 COMMON_MPS_MEMBER = "torch/testing/_internal/common_mps.py"
+GENERATION_MEMBER = "torchgen/native_function_generation.py"  # which autogen ops exist
 PREFERRED_PYTHON = "cp311"
 # name-version-python-abi-platform.whl; a build tag ("torch-2.10.0-2-...") adds a sixth part.
 _WHEEL = re.compile(
@@ -48,6 +49,7 @@ class WheelMembers:
     yaml: str
     version_py: str
     common_mps: str | None  # absent before 2.8
+    generation: str | None = None  # torchgen's rule for autogen'd variants
 
 
 def pick_wheel(files: Iterable[Mapping[str, Any]], version: str) -> WheelFile:
@@ -112,7 +114,7 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 
 def read_members(path: str | os.PathLike[str]) -> WheelMembers:
-    """Read the yaml, version.py and (2.8+) common_mps.py out of the wheel, nothing else."""
+    """Read the yaml, version.py, torchgen's variant generation and (2.8+) common_mps.py."""
     try:
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
@@ -124,7 +126,8 @@ def read_members(path: str | os.PathLike[str]) -> WheelMembers:
                 return archive.read(member).decode("utf-8")
 
             common = text(COMMON_MPS_MEMBER) if COMMON_MPS_MEMBER in names else None
-            return WheelMembers(text(YAML_MEMBER), text(VERSION_MEMBER), common)
+            generation = text(GENERATION_MEMBER) if GENERATION_MEMBER in names else None
+            return WheelMembers(text(YAML_MEMBER), text(VERSION_MEMBER), common, generation)
     except (OSError, zipfile.BadZipFile) as exc:
         raise WheelError(f"cannot read wheel {os.fspath(path)}: {exc}") from exc
 

@@ -55,7 +55,9 @@ def build_document(
     tables = load_tables() if tables is None else tables
     table = release_table(version, tables)
     try:
-        entries = _rules.classify(_rules.parse_entries(_yaml.load(members.yaml)), table)
+        core_autogen = _rules.autogen_rule(members.generation)
+        entries = _rules.parse_entries(_yaml.load(members.yaml))
+        entries = _rules.classify(entries, table, core_composites_autogen=core_autogen)
     except (_yaml.YamlError, _rules.RuleError) as exc:
         raise ProbeError(f"{wheel_name}: {exc}") from exc
     expectations = _common_mps.extract(members.common_mps) if members.common_mps else {}
@@ -65,6 +67,10 @@ def build_document(
         "sha256": sha256,
         "torch_git_version": git_version,
         "source": _wheel.YAML_MEMBER,
+        "autogen_rule": (
+            f"{_wheel.GENERATION_MEMBER}: composite-implicit groups get autogen variants "
+            + ("only when tagged core" if core_autogen else "never")
+        ),
         "mps_test_expectations": _wheel.COMMON_MPS_MEMBER if members.common_mps else "absent",
         "explicit_fallbacks": f"{TABLE_FILE} [{minor}]",
         "generator": GENERATOR,
