@@ -296,6 +296,7 @@ class ProbedTest:
         out["target"]["mode"] = rep.mode.value
         out["reason"] = self._gate.decided()[1]
         out["complete"] = rep.complete
+        out["cpu_only"] = not rep.ops and bool(rep.cpu_work)  # ran torch, judged nothing
         problems: dict[str, dict[str, Any]] = {}
         for row in rep.rows(Verdict.UNSUPPORTED, Verdict.FALLBACK):
             entry = problems.setdefault(
@@ -574,6 +575,15 @@ def compare(
         for note in data.get("notes", ()):
             if note not in out.notes:
                 out.notes.append(note)
+    cpu_only = sorted(n for n, d in results.items() if d.get("cpu_only"))
+    if cpu_only:
+        names = ", ".join(cpu_only[:3]) + (
+            f" +{len(cpu_only) - 3} more" if len(cpu_only) > 3 else ""
+        )
+        out.notes.append(
+            f"{_count(len(cpu_only), 'test')} ran torch ops only on the CPU, so nothing was "
+            f"judged ({names}): create models and tensors on mps inside the test function."
+        )
     for nodeid in sorted(results):
         data = results[nodeid]
         if "error" in data:

@@ -320,6 +320,11 @@ def test_compare_rules() -> None:
     assert list(out.new_tests) == ["t::c"] and out.allowed == 1
     assert out.failed(updating=False) and not out.failed(updating=True)
     assert not out.notes
+    cpu = compare({"t::a": {**result({}), "cpu_only": True}}, base, Path("b.json"))
+    assert cpu.notes == [
+        "1 test ran torch ops only on the CPU, so nothing was judged (t::a): create models and "
+        "tensors on mps inside the test function."
+    ]
 
 
 class FakeConfig:
