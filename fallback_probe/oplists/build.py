@@ -121,9 +121,6 @@ def build_from_wheel(
         raise ProbeError(f"{Path(wheel_path).name} is torch {version}, not {expected_version}")
     target = Path(out_dir) / f"torch-{version}.json"
     write_text(target, text)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(target, 0o666 & ~umask)  # write_text's temp file is private (0600)
     return target, text
 
 
