@@ -98,6 +98,7 @@ def _env_note(config: pytest.Config, early: bool = False) -> str | None:
         return None
     late = "torch" in sys.modules
     os.environ[FALLBACK_ENV] = "1"  # still reaches child processes and the live recorder
+    config.stash[_ENV_SET] = True
     if not late:
         return None
     return (
@@ -108,6 +109,7 @@ def _env_note(config: pytest.Config, early: bool = False) -> str | None:
 
 
 _ENV_NOTE = pytest.StashKey["str | None"]()
+_ENV_SET = pytest.StashKey[bool]()
 _GATE = pytest.StashKey["Gate"]()
 
 
@@ -134,6 +136,12 @@ def pytest_configure(config: pytest.Config) -> None:
     gate = Gate(config)
     config.stash[_GATE] = gate
     config.pluginmanager.register(gate, "fallback_probe_gate")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # In-process runs (pytester.runpytest, pytest.main) must not leak the variable.
+    if config.stash.get(_ENV_SET, False):
+        os.environ.pop(FALLBACK_ENV, None)
 
 
 # -- the baseline ------------------------------------------------------------------------
@@ -283,6 +291,9 @@ class ProbedTest:
             self._final = probe.report
         except Exception as err:
             self.error = f"the probe failed after the test ran: {_one_line(err)}"
+        finally:  # items live for the whole session: keep the report, drop the trace
+            self._probe = None
+            self._calls = []
 
     def payload(self) -> dict[str, Any]:
         """Plain JSON for ``user_properties``: what the controller needs, nothing more."""

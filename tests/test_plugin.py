@@ -330,6 +330,9 @@ def test_compare_rules() -> None:
 class FakeConfig:
     option = known_args_namespace = argparse.Namespace(fallback_mode="auto")
 
+    def __init__(self) -> None:
+        self.stash = pytest.Stash()
+
 
 def test_fallback_variable_set_early_or_flagged(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(FALLBACK_ENV, raising=False)
