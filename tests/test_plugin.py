@@ -7,6 +7,7 @@ Models run on the emulated ``mps`` device in predict mode, judged for torch 2.15
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from fallback_probe import Verdict
 from fallback_probe.plugin import FALLBACK_ENV, Baseline, _allowed, _env_note, compare
 
 pytest_plugins = ["pytester"]
@@ -34,9 +36,24 @@ def test_mode():
 """
 
 
-# TEMPORARY until fallback_probe/collect/emulate.py lands: probe unemulated CPU tensors
-# (every op judged as if on MPS), so these tests exercise the plugin already.
-EMULATED = importlib.util.find_spec("fallback_probe.collect.emulate") is not None
+# TEMPORARY while fallback_probe/collect/emulate.py is being written: without a working
+# emulation, probe unemulated CPU tensors (every op judged as if on MPS) instead.
+@functools.cache
+def emulation_works() -> bool:
+    if importlib.util.find_spec("fallback_probe.collect.emulate") is None:
+        return False
+    try:
+        import torch
+
+        from fallback_probe import probe
+
+        with probe(mode="predict", torch_version="2.15.0") as p:
+            torch.mode(torch.randn(8, device="mps"))
+        return p.report.rows(Verdict.FALLBACK)[0].op == "aten::mode"
+    except Exception:
+        return False
+
+
 NO_EMULATION = """
 from fallback_probe.api import Probe
 
@@ -50,7 +67,7 @@ Probe.__init__ = _no_emulation
 
 
 def make_tests(pytester: pytest.Pytester, **files: str) -> None:
-    if not EMULATED:
+    if not emulation_works():
         pytester.makeconftest(NO_EMULATION)
         files = {k: v.replace('device="mps"', 'device="cpu"') for k, v in files.items()}
     pytester.makepyfile(**files)
