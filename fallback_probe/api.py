@@ -15,7 +15,7 @@ from typing import Literal
 from fallback_probe.collect import Collection, this_host
 from fallback_probe.collect.mode import decide
 from fallback_probe.oplists import OpList
-from fallback_probe.records import Mode, OpCall
+from fallback_probe.records import Mode, OpCall, OpStatus
 from fallback_probe.report import Report
 from fallback_probe.verdicts import make_report
 
@@ -120,11 +120,29 @@ class Probe:
             is_on_device = self._emulation.is_emulated
         elif self.backing == "meta":
             self._col.limits.append("--device meta needs emulation; ran on the CPU instead.")
-        rec = Recorder(is_on_device=is_on_device, decompose=True)
+        rec = Recorder(is_on_device=is_on_device, decompose=self._composites())
         rec.sink = self.sink
         stack.enter_context(rec)
         stack.enter_context(intercepting(rec))
         self._recorder = rec
+
+    def _composites(self) -> frozenset[str]:
+        """Ops worth opening: composite in a judged release. Native and missing ops are
+        judged whole, so running their composite body would only cost time."""
+        from fallback_probe import oplists
+        from fallback_probe.verdicts import target_releases
+
+        if self.oplist is not None:
+            lists = [self.oplist]
+        else:
+            _, releases, _ = target_releases(self.torch_version, self._col.host.torch)
+            lists = [oplists.load(r) for r in releases]
+        return frozenset(
+            e.op
+            for ol in lists
+            for e in ol.entries()
+            if e.status in (OpStatus.COMPOSITE_EXPLICIT, OpStatus.COMPOSITE_IMPLICIT)
+        )
 
     def __exit__(
         self,
@@ -157,6 +175,11 @@ class Probe:
         if emu is None:
             col.limits.append("Emulation off: every op of the run was judged as if it ran on MPS.")
             return
+        col.limits.append(
+            "Composite ops on the emulated device whose release registers no kernel for them "
+            "are judged by their status alone (native: they run as other ops); the ops inside "
+            "them are not traced under emulation."
+        )
         for op, where in getattr(emu, "placeholders", ()):
             col.limits.append(f"{op} at {where} returned a placeholder (no data on meta).")
         for message, where in getattr(emu, "rejections", ()):

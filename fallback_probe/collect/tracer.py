@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from types import CodeType
 from typing import Any
@@ -36,6 +36,7 @@ NEVER_DECOMPOSE = frozenset(
         "aten::_convolution_double_backward",
         "aten::detach",
         "aten::lift_fresh",
+        "aten::copy_",
     }
 )
 
@@ -61,6 +62,21 @@ def _meta(t: torch.Tensor, on_device: bool) -> TensorMeta:
     return TensorMeta(_dtype_name(t.dtype), shape, numel * t.element_size(), on_device)
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+_IGNORED_NAMESPACES = ("profiler::",)
+
+
+def _plain(args: tuple) -> bool:
+    """A composite's body may only be opened on ordinary tensors: run on a tensor subclass
+    (the emulated device) it would compute device arguments from the backing device."""
+    for a in args:
+        if isinstance(a, torch.Tensor) and type(a) not in _PLAIN:
+            return False
+        if isinstance(a, (list, tuple)) and not _plain(tuple(a)):
+            return False
+    return True
+
+
 def _display_path(filename: str) -> str:
     if filename.startswith("<"):
         return filename
@@ -78,7 +94,7 @@ class Recorder(TorchDispatchMode):
         self,
         *,
         is_on_device: Callable[[torch.Tensor], bool] | None = None,
-        decompose: bool = False,
+        decompose: bool | Collection[str] = False,
         record_cpu_work: bool = True,
     ) -> None:
         super().__init__()
@@ -150,8 +166,13 @@ class Recorder(TorchDispatchMode):
     def _can_decompose(self, name: str) -> bool:
         known = self._decomposable.get(name)
         if known is None:
-            known = name not in NEVER_DECOMPOSE and any(
-                torch._C._dispatch_has_kernel_for_dispatch_key(name, k) for k in _COMPOSITE_KEYS
+            wanted = self._decompose is True or name in self._decompose  # type: ignore[operator]
+            known = (
+                wanted
+                and name not in NEVER_DECOMPOSE
+                and any(
+                    torch._C._dispatch_has_kernel_for_dispatch_key(name, k) for k in _COMPOSITE_KEYS
+                )
             )
             self._decomposable[name] = known
         return known
@@ -160,6 +181,8 @@ class Recorder(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
         kwargs = kwargs or {}
         name = op_name(func)
+        if name.startswith(_IGNORED_NAMESPACES):  # bookkeeping, not computation: on purpose
+            return func(*args, **kwargs)
         inputs, in_dev = self._metas(args)
         if kwargs:
             kw_inputs, kw_dev = self._metas(kwargs.values())
@@ -171,6 +194,7 @@ class Recorder(TorchDispatchMode):
             self._decompose
             and self._can_decompose(name)
             and all(op != name for _, op in self._stack)
+            and _plain(args)
         )
         if opened:
             self._stack.append((index, name))
