@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from fallback_probe import oplists
 from fallback_probe.classify.live import judge_live
 from fallback_probe.classify.matrix import build_matrix
-from fallback_probe.classify.rules import judge
+from fallback_probe.classify.rules import Judgement, judge
 from fallback_probe.collect import Collection
 from fallback_probe.errors import ProbeError
 from fallback_probe.oplists import OpList
 from fallback_probe.records import Mode
-from fallback_probe.report import Report, Target, build_rows
+from fallback_probe.report import Matrix, Report, Target, build_rows
 
 DEFAULT_MACOS = "15"
 
@@ -44,65 +46,18 @@ def target_releases(torch_version: str | None, installed: str) -> tuple[str, lis
     return reference, [reference], notes
 
 
-def make_report(
+def _report(
     col: Collection,
-    torch_version: str | None = None,
-    macos: str | None = None,
-    oplist: OpList | None = None,
+    target: Target,
+    judgements: Sequence[Judgement],
+    limits: Sequence[str],
+    matrix: Matrix | None = None,
 ) -> Report:
-    """``oplist`` replaces the release lists: predict for another backend's registrations."""
-    limits = list(col.limits)
-    if col.mode is Mode.LIVE:
-        judgements = judge_live(col.trace)
-        rows, not_judged = build_rows(judgements)
-        target = Target(col.host.torch, col.macos or "unknown", col.device_type)
-        return Report(
-            mode=col.mode,
-            mode_reason=col.mode_reason,
-            target=target,
-            host=col.host,
-            complete=col.complete,
-            error=col.error,
-            ops=rows,
-            not_judged=not_judged,
-            cpu_work=col.cpu_work,
-            limits=tuple(limits),
-        )
-    macos = macos or DEFAULT_MACOS
-    if oplist is not None:
-        rows, not_judged = build_rows(judge(col.trace, oplist, macos))
-        return Report(
-            mode=col.mode,
-            mode_reason=col.mode_reason,
-            target=Target(oplist.torch_version, macos, col.device_type),
-            host=col.host,
-            complete=col.complete,
-            error=col.error,
-            ops=rows,
-            not_judged=not_judged,
-            cpu_work=col.cpu_work,
-            limits=(*PREDICT_LIMITS[1:], *limits),
-        )
-    reference, releases, notes = target_releases(torch_version, col.host.torch)
-    limits = [*PREDICT_LIMITS, *notes, *limits]
-    traced_minor = ".".join(col.host.torch.split("+")[0].split(".")[:2])
-    if not reference.startswith(traced_minor + ".") or len(releases) > 1:
-        limits.append(
-            f"Traced with torch {col.host.torch}: where another release decomposes ops "
-            "differently above the backend, its trace could differ."
-        )
-    per_release = {r: judge(col.trace, oplists.load(r), macos) for r in releases}
-    rows, not_judged = build_rows(per_release.get(reference, []))
-    matrix = None
-    if len(releases) > 1:
-        parents = {c.index: c.parent for c in col.trace}
-        matrix = build_matrix(per_release, releases, reference, parents)
-        if reference not in per_release:
-            rows, not_judged = build_rows(judge(col.trace, oplists.load(reference), macos))
+    rows, not_judged = build_rows(judgements)
     return Report(
         mode=col.mode,
         mode_reason=col.mode_reason,
-        target=Target(reference, macos, col.device_type),
+        target=target,
         host=col.host,
         complete=col.complete,
         error=col.error,
@@ -112,3 +67,38 @@ def make_report(
         limits=tuple(limits),
         matrix=matrix,
     )
+
+
+def make_report(
+    col: Collection,
+    torch_version: str | None = None,
+    macos: str | None = None,
+    oplist: OpList | None = None,
+) -> Report:
+    """``oplist`` replaces the release lists: predict for another backend's registrations."""
+    if col.mode is Mode.LIVE:
+        target = Target(col.host.torch, col.macos or "unknown", col.device_type)
+        return _report(col, target, judge_live(col.trace), col.limits)
+    macos = macos or DEFAULT_MACOS
+    if oplist is not None:
+        target = Target(oplist.torch_version, macos, col.device_type)
+        return _report(
+            col, target, judge(col.trace, oplist, macos), [*PREDICT_LIMITS[1:], *col.limits]
+        )
+    reference, releases, notes = target_releases(torch_version, col.host.torch)
+    limits = [*PREDICT_LIMITS, *notes, *col.limits]
+    traced_minor = ".".join(col.host.torch.split("+")[0].split(".")[:2])
+    if not reference.startswith(traced_minor + ".") or len(releases) > 1:
+        limits.append(
+            f"Traced with torch {col.host.torch}: where another release decomposes ops "
+            "differently above the backend, its trace could differ."
+        )
+    per_release = {r: judge(col.trace, oplists.load(r), macos) for r in releases}
+    matrix = None
+    if len(releases) > 1:
+        parents = {c.index: c.parent for c in col.trace}
+        matrix = build_matrix(per_release, releases, reference, parents)
+    judged = per_release.get(reference)
+    if judged is None:
+        judged = judge(col.trace, oplists.load(reference), macos)
+    return _report(col, Target(reference, macos, col.device_type), judged, limits, matrix)

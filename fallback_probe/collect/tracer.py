@@ -211,6 +211,19 @@ class Recorder(TorchDispatchMode):
             if self._record_cpu_work:
                 self.cpu_work[name] = self.cpu_work.get(name, 0) + 1
             return result
+        self._file(index, name, parent, inputs, outputs, extra)
+        return result
+
+    def _file(
+        self,
+        index: int,
+        name: str,
+        parent: int | None,
+        inputs: tuple[TensorMeta, ...],
+        outputs: tuple[TensorMeta, ...],
+        extra: dict[str, Any],
+    ) -> None:
+        # Calls are filed as they finish (a composite after its children); ``trace`` sorts.
         call = OpCall(
             index=index,
             op=name,
@@ -222,11 +235,6 @@ class Recorder(TorchDispatchMode):
             outputs=outputs,
             **extra,
         )
-        self._append(call)
-        return result
-
-    def _append(self, call: OpCall) -> None:
-        # Calls are filed as they finish (a composite after its children); ``trace`` sorts.
         self.calls.append(call)
         if self.sink is not None:
             self.sink(call)
@@ -259,14 +267,4 @@ class Recorder(TorchDispatchMode):
             yield
         finally:
             self._stack.pop()
-        call = OpCall(
-            index=index,
-            op=name,
-            parent=parent,
-            module=self._module(),
-            backward=self._tracker.is_bw,
-            source=self._source(),
-            inputs=inputs,
-            outputs=(),
-        )
-        self._append(call)
+        self._file(index, name, parent, inputs, (), {})
