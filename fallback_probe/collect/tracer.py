@@ -109,17 +109,31 @@ class Recorder(TorchDispatchMode):
         self._decomposable: dict[str, bool] = {}
         self.sink: Callable[[OpCall], None] | None = None
         self._counter = itertools.count()
+        self._depth = 0  # the mode is re-entered while a composite runs; the tracker is not
 
     # -- context -------------------------------------------------------------------------
     def __enter__(self) -> Recorder:
-        self._tracker.__enter__()
-        super().__enter__()
+        if self._depth == 0:
+            # Entered once: a second __enter__ would register a second pair of global module
+            # hooks and orphan the first, which then fire on every module call for good.
+            self._tracker.__enter__()
+        self._depth += 1
+        try:
+            super().__enter__()
+        except BaseException:
+            self._leave_tracker()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
         try:
             super().__exit__(*exc)
         finally:
+            self._leave_tracker(*exc)
+
+    def _leave_tracker(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth == 0:
             self._tracker.__exit__(*exc)
 
     # -- helpers -------------------------------------------------------------------------
