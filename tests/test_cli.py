@@ -163,3 +163,27 @@ def test_diff_exits_1_on_new_fallbacks(tmp_path: Path) -> None:
     )
     assert main(["diff", str(a), str(b)]) == 1
     assert main(["diff", str(b), str(b)]) == 0
+
+
+def test_device_meta_traces_a_large_model_without_its_weights(tmp_path: Path) -> None:
+    import resource
+
+    out = tmp_path / "r.json"
+    r = run_cli(
+        str(SCRIPTS / "big_on_meta.py"),
+        "--device",
+        "meta",
+        "--format",
+        "json",
+        "-o",
+        str(out),
+        "--torch-version",
+        "2.15.0",
+    )
+    assert r.returncode == 0, r.stderr
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    assert peak_mb < 2048, f"a child used {peak_mb:.0f} MB: weights were allocated"
+    d = json.loads(out.read_text())
+    ops = {o["op"]: o for o in d["ops"]}
+    assert ops["aten::addmm"]["calls"] == 4 and ops["aten::addmm"]["verdict"] == "native"
+    assert any("placeholder" in lim for lim in d["limits"])  # float(y.sum()) had no data
