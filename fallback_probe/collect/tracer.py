@@ -77,6 +77,20 @@ def _plain(args: tuple) -> bool:
     return True
 
 
+_DYNAMO = "torch._dynamo"
+
+
+def _dispatch_unwrapped(mode: Recorder, func, types, args, kwargs):  # type: ignore[no-untyped-def]
+    return mode._dispatch(func, types, args, kwargs)
+
+
+# What torch itself wraps __torch_dispatch__ in (torch >= 2.1), used once dynamo is loaded.
+_disable_dynamo = getattr(torch, "_disable_dynamo", None)
+_without_dynamo = (
+    _disable_dynamo(_dispatch_unwrapped, recursive=True) if _disable_dynamo is not None else None
+)
+
+
 def _display_path(filename: str) -> str:
     if filename.startswith("<"):
         return filename
@@ -192,7 +206,20 @@ class Recorder(TorchDispatchMode):
         return known
 
     # -- the hook ------------------------------------------------------------------------
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # torch wraps a dispatch mode's __torch_dispatch__ in torch._disable_dynamo, whose
+        # first call imports torch._dynamo: seconds per process, for a probe that may never
+        # meet torch.compile. Dynamo compiles nothing before it is imported, so the same
+        # wrapper is applied below only once it is (see __torch_dispatch__).
+        return False
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        if _DYNAMO in sys.modules and _without_dynamo is not None:
+            return _without_dynamo(self, func, types, args, kwargs)
+        return self._dispatch(func, types, args, kwargs)
+
+    def _dispatch(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
         name = op_name(func)
         if name.startswith(_IGNORED_NAMESPACES):  # bookkeeping, not computation: on purpose
