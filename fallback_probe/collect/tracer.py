@@ -124,6 +124,10 @@ class Recorder(TorchDispatchMode):
         self.sink: Callable[[OpCall], None] | None = None
         self._counter = itertools.count()
         self._depth = 0  # the mode is re-entered while a composite runs; the tracker is not
+        # Per-call lookups remembered for the probe's lifetime (the per-op path is hot):
+        self._paths: dict[tuple[str, str], str] = {}
+        self._modules: dict[frozenset[str], str] = {}
+        self._tensor_metas: dict[tuple[torch.dtype, torch.Size, bool], TensorMeta] = {}
 
     # -- context -------------------------------------------------------------------------
     def __enter__(self) -> Recorder:
@@ -155,9 +159,13 @@ class Recorder(TorchDispatchMode):
         parents = self._tracker.parents
         if len(parents) <= 1:
             return ""
-        deepest = max((p for p in parents if p != "Global"), key=lambda p: p.count("."))
-        head, _, rest = deepest.partition(".")
-        return rest or head
+        key = frozenset(parents)
+        module = self._modules.get(key)
+        if module is None:
+            deepest = max((p for p in parents if p != "Global"), key=lambda p: p.count("."))
+            head, _, rest = deepest.partition(".")
+            module = self._modules[key] = rest or head
+        return module
 
     def _source(self) -> str:
         frame = sys._getframe(2)
@@ -170,26 +178,46 @@ class Recorder(TorchDispatchMode):
                 internal = fn.startswith(_INTERNAL_PREFIXES) or fn.startswith("<frozen")
                 cache[code] = internal
             if not internal:
-                return f"{_display_path(code.co_filename)}:{frame.f_lineno}"
+                return f"{self._path(code.co_filename)}:{frame.f_lineno}"
             frame = frame.f_back
         return ""
+
+    def _path(self, filename: str) -> str:
+        """``_display_path``, remembered per file and working directory (relpath is slow)."""
+        key = (filename, os.getcwd())
+        path = self._paths.get(key)
+        if path is None:
+            path = self._paths[key] = _display_path(filename)
+        return path
 
     def _metas(self, values: Any) -> tuple[tuple[TensorMeta, ...], bool]:
         out: list[TensorMeta] = []
         any_dev = False
         is_dev = self._is_on_device
+        meta = self._meta
         for v in values:
             if isinstance(v, torch.Tensor):
                 dev = True if is_dev is None else is_dev(v)
                 any_dev = any_dev or dev
-                out.append(_meta(v, dev))
+                out.append(meta(v, dev))
             elif isinstance(v, (list, tuple)):
                 for w in v:
                     if isinstance(w, torch.Tensor):
                         dev = True if is_dev is None else is_dev(w)
                         any_dev = any_dev or dev
-                        out.append(_meta(w, dev))
+                        out.append(meta(w, dev))
         return tuple(out), any_dev
+
+    def _meta(self, t: torch.Tensor, on_device: bool) -> TensorMeta:
+        """``_meta``, one shared record per dtype, shape and device flag (records are frozen)."""
+        try:
+            key = (t.dtype, t.shape, on_device)
+            found = self._tensor_metas.get(key)
+        except TypeError:  # symbolic sizes are not hashable
+            return _meta(t, on_device)
+        if found is None:
+            found = self._tensor_metas[key] = _meta(t, on_device)
+        return found
 
     def _can_decompose(self, name: str) -> bool:
         known = self._decomposable.get(name)
