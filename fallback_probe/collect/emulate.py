@@ -534,6 +534,8 @@ class _MPSTensorBase(torch.Tensor):
         plan = _PLANS.get(func, _MISSING)
         if plan is _MISSING:
             plan = _PLANS[func] = _alias_plan(func)
+        if plan is _SELF:
+            return args[0]
         if plan is not None:
             return _apply_plan(emu, cls, plan, args, kwargs or {}, out, wrap)
         if not wrap:
@@ -554,12 +556,14 @@ class _MPSTensorBase(torch.Tensor):
 # -- alias plans: in-place and out= ops return the very tensor they were given ---------------
 
 _MISSING = object()
+_SELF = object()
 _PLANS: dict[Any, Any] = {}
 _RESIZING = {"resize_", "resize_as_", "set_", "_resize_output_"}
 
 
-def _alias_plan(func: Any) -> tuple[tuple[tuple[int, str, bool] | None, ...], bool] | None:
-    """For each return, the mutated argument it aliases (index, name, kwarg-only), or None."""
+def _alias_plan(func: Any) -> Any:
+    """None (fresh results), _SELF (returns its first argument), or per return the mutated
+    argument it aliases (index, name, kwarg-only) and whether the op may resize it."""
     schema = func._schema
     specs: list[tuple[int, str, bool] | None] = []
     mutable = False
@@ -576,7 +580,11 @@ def _alias_plan(func: Any) -> tuple[tuple[tuple[int, str, bool] | None, ...], bo
                     break
         mutable = mutable or spec is not None
         specs.append(spec)
-    return (tuple(specs), may_resize) if mutable else None
+    if not mutable:
+        return None
+    if len(specs) == 1 and specs[0] is not None and specs[0][:3:2] == (0, False) and not may_resize:
+        return _SELF  # the common in-place method: add_, mul_, copy_, ...
+    return tuple(specs), may_resize
 
 
 def _apply_plan(
@@ -613,10 +621,8 @@ def _sync_metadata(w: torch.Tensor) -> None:
     with torch._C._DisableTorchDispatch(), _NoSubclassTF():
         if w.shape == e.shape and w.stride() == e.stride():
             return
-        storage = torch._C.TensorBase.untyped_storage(w)
-        need = e.untyped_storage().nbytes()
-        if storage.nbytes() < need:
-            storage.resize_(need)
+        elems = -(-e.untyped_storage().nbytes() // e.element_size())
+        w.resize_(max(elems, e.storage_offset() + 1))  # runs on the wrapper itself
         w.as_strided_(e.shape, e.stride(), e.storage_offset())
 
 
@@ -908,23 +914,31 @@ def _target_is_mps(kwargs: dict[str, Any]) -> bool:
     return device is not None and _is_mps(device)
 
 
-def _make_from_data(orig: Callable[..., Any], copy_tensors: bool) -> Callable[..., torch.Tensor]:
-    """``torch.tensor``-like constructors: build on the backing, then put on mps."""
+def _make_from_data(
+    orig: Callable[..., Any], copy_tensors: bool, positional: tuple[str, ...] = ()
+) -> Callable[..., torch.Tensor]:
+    """``torch.tensor``-like constructors: build on the backing, then put on mps.
+
+    ``positional`` names the arguments after ``data`` that may come positionally
+    (``torch.as_tensor(data, dtype, device)``).
+    """
 
     def create(data: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
         emu = _ACTIVE
-        if emu is None or not _target_is_mps(kwargs):
+        if args and len(args) <= len(positional):
+            kwargs.update(zip(positional, args, strict=False))
+            args = ()
+        if emu is None or args or not _target_is_mps(kwargs):
             return orig(data, *args, **kwargs)
         requires_grad = bool(kwargs.pop("requires_grad", False))
         kwargs.pop("pin_memory", None)
-        dtype = kwargs.get("dtype")
         if isinstance(data, torch.Tensor):
+            dtype = kwargs.get("dtype")
             src = data.detach() if copy_tensors else data
             out = emu._to(src, (), {"device": MPS_DEVICE, "dtype": dtype, "copy": copy_tensors})
         else:
             kwargs["device"] = emu._backing_device
-            plain = orig(data, *args, **kwargs)
-            out = emu._wrap(plain)
+            out = emu._wrap(orig(data, **kwargs))
         if requires_grad:
             out.requires_grad_(True)
         return out
@@ -1243,7 +1257,9 @@ def emulated_mps(backing: Backing = "cpu") -> Iterator[Emulation]:
         _patch(stack, torch.Tensor, "to", _patched_to)
         _patch(stack, torch.Tensor, "new_tensor", _patched_new_tensor)
         _patch(stack, torch, "tensor", _make_from_data(torch.tensor, True))
-        _patch(stack, torch, "as_tensor", _make_from_data(torch.as_tensor, False))
+        _patch(
+            stack, torch, "as_tensor", _make_from_data(torch.as_tensor, False, ("dtype", "device"))
+        )
         _patch(stack, torch, "asarray", _make_from_data(torch.asarray, False))
         save, load = _wrap_save(torch.save), _wrap_load(torch.load)
         for owner in (torch, torch.serialization):
