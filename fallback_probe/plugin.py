@@ -10,19 +10,28 @@ See docs/pytest-plugin.md.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import shlex
 import sys
-from collections.abc import Generator, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Generator, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from fallback_probe.atomic import write_text
+from fallback_probe.baseline import (
+    RANK,
+    Baseline,
+    Finding,
+    Outcome,
+    compare,
+    count_text,
+    describe_target,
+    observed_problems,
+)
+from fallback_probe.errors import ProbeError
 from fallback_probe.options import PROBE_OPTIONS, add_options
 from fallback_probe.records import Verdict
 
@@ -31,11 +40,9 @@ if TYPE_CHECKING:  # torch-heavy modules are imported only once a probed test ru
     from fallback_probe.records import OpCall
     from fallback_probe.report import Report
 
-BASELINE_FORMAT = 1
 DEFAULT_BASELINE = "fallback-baseline.json"
 FALLBACK_ENV = "PYTORCH_ENABLE_MPS_FALLBACK"
 PROPERTY = "fallback_probe"  # the user_properties key that carries a test's results
-_RANK = {Verdict.UNSUPPORTED.value: 0, Verdict.FALLBACK.value: 1}  # lower is worse
 _MAX_WHERE = 3  # modules / source lines kept per op
 _MAX_LINES = 20  # findings of one kind printed in the terminal; the markdown report has all
 
@@ -142,61 +149,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     # In-process runs (pytester.runpytest, pytest.main) must not leak the variable.
     if config.stash.get(_ENV_SET, False):
         os.environ.pop(FALLBACK_ENV, None)
-
-
-# -- the baseline ------------------------------------------------------------------------
-@dataclass
-class Baseline:
-    """test node id -> op -> verdict (fallback/unsupported only), and what it was judged for."""
-
-    target: dict[str, str | None]
-    tests: dict[str, dict[str, str]]
-
-    def dumps(self) -> str:
-        """Sorted keys, 2-space indent, trailing newline: stable and diff-friendly."""
-        data = {"fallback_probe_baseline": BASELINE_FORMAT, "target": self.target}
-        data["tests"] = self.tests
-        return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-
-    @classmethod
-    def load(cls, path: Path) -> Baseline | None:
-        """``None`` if absent; a ``UsageError`` naming the file if it is not a baseline."""
-        if not path.exists():
-            return None
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return cls._from_data(data)
-        except (OSError, ValueError) as exc:
-            raise pytest.UsageError(
-                f"fallback-probe: {path} is not a usable baseline: {exc}. It was left as is: "
-                "fix it (e.g. resolve a merge conflict) or delete it and run with "
-                "--fallback-probe --fallback-update to record a new one."
-            ) from None
-
-    @classmethod
-    def _from_data(cls, data: Any) -> Baseline:
-        if not isinstance(data, dict) or data.get("fallback_probe_baseline") != BASELINE_FORMAT:
-            raise ValueError(f'"fallback_probe_baseline": {BASELINE_FORMAT} is missing')
-        target, tests = data.get("target"), data.get("tests")
-        if not isinstance(target, dict) or not all(
-            isinstance(v, (str, type(None))) for v in target.values()
-        ):
-            raise ValueError('"target" must map torch/macos/mode to strings')
-        if not isinstance(tests, dict):
-            raise ValueError('"tests" must map test ids to {op: verdict}')
-        for nodeid, ops in tests.items():
-            if not isinstance(ops, dict) or any(v not in _RANK for v in ops.values()):
-                raise ValueError(f"the entry of {nodeid!r} must map ops to one of {sorted(_RANK)}")
-        return cls(dict(target), {k: dict(v) for k, v in tests.items()})
-
-
-def _describe_target(target: Mapping[str, str | None]) -> str:
-    how = "observed" if target.get("mode") == "live" else "predicted"
-    return f"{how} for torch {target.get('torch')} on macOS {target.get('macos')}"
-
-
-def _allowed(op: str, patterns: Iterable[str]) -> bool:
-    return any(op == p or op.startswith(p + ".") or fnmatch.fnmatchcase(op, p) for p in patterns)
 
 
 def _allow_list(item: pytest.Item) -> tuple[str, ...]:
@@ -313,7 +265,7 @@ class ProbedTest:
             entry = problems.setdefault(
                 row.op, {"verdict": row.verdict.value, "modules": [], "sources": []}
             )
-            if _RANK[row.verdict.value] < _RANK[entry["verdict"]]:
+            if RANK[row.verdict.value] < RANK[entry["verdict"]]:
                 entry["verdict"] = row.verdict.value
             for key, values in (("modules", row.modules), ("sources", row.sources)):
                 for v in values:
@@ -344,46 +296,6 @@ def fallback_probe(request: pytest.FixtureRequest) -> ProbedTest:
     return gate.probed_test(request.node)
 
 
-# -- the session -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Finding:
-    nodeid: str
-    op: str
-    verdict: str | None  # now (None: gone)
-    was: str | None  # in the baseline (None: absent)
-    modules: tuple[str, ...] = ()
-    sources: tuple[str, ...] = ()
-
-    def where(self) -> str:
-        parts = []
-        if self.modules:
-            parts.append("in " + ", ".join(self.modules))
-        if self.sources:
-            parts.append("at " + ", ".join(self.sources))
-        return " ".join(parts)
-
-
-@dataclass
-class Outcome:
-    """The comparison of one session's results with the baseline."""
-
-    target: dict[str, str | None] | None
-    reason: str = ""  # why live or predicted
-    seen: list[tuple[Finding, str]] = field(default_factory=list)  # every problem op, status
-    new: list[Finding] = field(default_factory=list)  # new or worse, in known tests
-    new_tests: dict[str, list[Finding]] = field(default_factory=dict)
-    improved: list[Finding] = field(default_factory=list)
-    errors: dict[str, str] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    probed: int = 0
-    known: int = 0  # baselined problems still present
-    allowed: int = 0  # problems covered by allow markers
-
-    def failed(self, updating: bool) -> bool:
-        """Updating accepts new problems; a test the probe could not judge fails regardless."""
-        return bool(self.errors or (not updating and (self.new or self.new_tests)))
-
-
 class Gate:
     """Session state and the hooks that run only while the plugin is active."""
 
@@ -405,7 +317,6 @@ class Gate:
         self._decided: tuple[str, str] | None = None
         if self.torch_version not in (None, "all"):
             from fallback_probe import oplists
-            from fallback_probe.errors import ProbeError
 
             try:
                 oplists.resolve_release(self.torch_version)
@@ -413,7 +324,10 @@ class Gate:
                 raise pytest.UsageError(f"--fallback-torch-version: {exc}") from None
         elif self.torch_version == "all":
             raise pytest.UsageError("--fallback-torch-version all: a gate compares one release")
-        self.baseline = None if self.is_worker else Baseline.load(self.baseline_path)
+        try:
+            self.baseline = None if self.is_worker else Baseline.load(self.baseline_path)
+        except ProbeError as exc:
+            raise pytest.UsageError(f"fallback-probe: {exc}") from None
 
     def _baseline_path(self) -> Path:
         given = self.config.getoption("fallback_baseline")
@@ -506,10 +420,10 @@ class Gate:
         for nodeid, data in self.results.items():
             if "problems" not in data:  # the probe failed: keep what was known
                 continue
-            seen = _observed(data)
+            seen = observed_problems(data)
             if not data.get("complete", True) and nodeid in tests:  # stopped early: merge
                 for op, v in tests[nodeid].items():
-                    if op not in seen or _RANK[v] < _RANK[seen[op]]:
+                    if op not in seen or RANK[v] < RANK[seen[op]]:
                         seen[op] = v
             tests[nodeid] = seen
         target = outcome.target or (old.target if old else {})
@@ -547,15 +461,6 @@ class Gate:
             tr.write_line(text, **markup)
 
 
-def _observed(data: Mapping[str, Any]) -> dict[str, str]:
-    allow = data.get("allow", ())
-    return {
-        op: info["verdict"]
-        for op, info in data.get("problems", {}).items()
-        if not _allowed(op, allow)
-    }
-
-
 def _show(path: Path, config: pytest.Config) -> str:
     for base in (Path(config.invocation_params.dir), config.rootpath):
         try:
@@ -563,81 +468,6 @@ def _show(path: Path, config: pytest.Config) -> str:
         except ValueError:
             continue
     return str(path)
-
-
-def compare(
-    results: Mapping[str, Mapping[str, Any]], baseline: Baseline | None, path: Path
-) -> Outcome:
-    """New problems fail; gone or milder ones are improvements; unknown tests are new."""
-    targets = [d["target"] for d in results.values() if "target" in d]
-    reasons = [d["reason"] for d in results.values() if "reason" in d]
-    out = Outcome(target=targets[0] if targets else None, reason=reasons[0] if reasons else "")
-    if any(t != out.target for t in targets):
-        out.notes.append("Tests were judged for different targets; the first one is recorded.")
-    if baseline is None:
-        out.notes.append(f"No baseline at {path}: every probed test is new.")
-    elif out.target is not None and baseline.target != out.target:
-        out.notes.append(
-            f"The baseline holds verdicts {_describe_target(baseline.target)}; this run's are "
-            f"{_describe_target(out.target)}. Compared anyway: a difference may come from that "
-            "change, not from the code under test."
-        )
-    for data in results.values():
-        for note in data.get("notes", ()):
-            if note not in out.notes:
-                out.notes.append(note)
-    cpu_only = sorted(n for n, d in results.items() if d.get("cpu_only"))
-    if cpu_only:
-        names = ", ".join(cpu_only[:3]) + (
-            f" +{len(cpu_only) - 3} more" if len(cpu_only) > 3 else ""
-        )
-        out.notes.append(
-            f"{_count(len(cpu_only), 'test')} ran torch ops only on the CPU, so nothing was "
-            f"judged ({names}): create models and tensors on mps inside the test function."
-        )
-    for nodeid in sorted(results):
-        data = results[nodeid]
-        if "error" in data:
-            out.errors[nodeid] = data["error"]
-        if "problems" not in data:
-            continue
-        out.probed += 1
-        problems = data["problems"]
-        seen = _observed(data)
-        out.allowed += len(problems) - len(seen)
-
-        known = None if baseline is None else baseline.tests.get(nodeid)
-        for op in sorted(problems):
-            was = None if known is None else known.get(op)
-            f = _finding(nodeid, op, was, problems[op])
-            if op not in seen:
-                status = "allowed"
-            elif known is None:
-                status = "new test"
-                out.new_tests.setdefault(nodeid, []).append(f)
-            elif was is None or _RANK[seen[op]] < _RANK[was]:
-                status = "NEW" if was is None else "WORSE"
-                out.new.append(f)
-            else:
-                status = "in baseline"
-                out.known += 1
-                if _RANK[seen[op]] > _RANK[was]:
-                    status = "milder"
-                    out.improved.append(f)
-            out.seen.append((f, status))
-        if known is None:
-            out.new_tests.setdefault(nodeid, [])
-            continue
-        if data.get("complete", True):  # ops after an early stop were never reached
-            out.improved += [
-                _finding(nodeid, op, was, {}) for op, was in sorted(known.items()) if op not in seen
-            ]
-    return out
-
-
-def _finding(nodeid: str, op: str, was: str | None, info: Mapping[str, Any]) -> Finding:
-    modules, sources = tuple(info.get("modules", ())), tuple(info.get("sources", ()))
-    return Finding(nodeid, op, info.get("verdict"), was, modules, sources)
 
 
 # -- rendering ---------------------------------------------------------------------------
@@ -652,7 +482,7 @@ def summary_lines(out: Outcome, gate: Gate) -> list[tuple[str, dict[str, bool]]]
     plain: dict[str, bool] = {}
     lines: list[tuple[str, dict[str, bool]]] = []
     base = _show(gate.baseline_path, gate.config)
-    what = _describe_target(out.target) if out.target else "nothing probed"
+    what = describe_target(out.target) if out.target else "nothing probed"
     why = f" ({out.reason})" if out.reason else ""
     lines.append((f"{what}{why}; {out.probed} tests probed; baseline {base}", plain))
     lines += [(f"NOTE: {n}", {"yellow": True}) for n in out.notes]
@@ -688,28 +518,26 @@ def summary_lines(out: Outcome, gate: Gate) -> list[tuple[str, dict[str, bool]]]
     if out.failed(gate.update):
         why = []
         if out.new and not gate.update:
-            why.append(_count(len(out.new), "new problem op"))
+            why.append(count_text(len(out.new), "new problem op"))
         if out.new_tests and not gate.update:
-            why.append(_count(len(out.new_tests), "test") + " not in the baseline")
+            why.append(count_text(len(out.new_tests), "test") + " not in the baseline")
         if out.errors:
-            why.append(_count(len(out.errors), "probe error"))
+            why.append(count_text(len(out.errors), "probe error"))
         hint = ""
         if (out.new or out.new_tests) and not gate.update:
             hint = f" If that is intended, accept it: {gate.tighten_command(())}"
         lines.append((f"fallback-probe FAILED the session: {', '.join(why)}.{hint}", red))
     elif gate.update:
         news = (
-            _count(len(out.new), "new problem op") + ", " + _count(len(out.new_tests), "new test")
+            count_text(len(out.new), "new problem op")
+            + ", "
+            + count_text(len(out.new_tests), "new test")
         )
         lines.append((f"fallback-probe: updating, {news} accepted.", green))
     else:
         tail = f" ({out.known} known, {out.allowed} allowed)" if out.known or out.allowed else ""
         lines.append((f"fallback-probe: no new fallbacks{tail}.", green))
     return lines
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def render_markdown(out: Outcome, gate: Gate) -> str:
@@ -732,7 +560,7 @@ def render_markdown(out: Outcome, gate: Gate) -> str:
         return tabulate(rows, headers=headers, tablefmt="github")
 
     status = "FAILED" if out.failed(gate.update) else "passed"
-    what = _describe_target(out.target) if out.target else "nothing probed"
+    what = describe_target(out.target) if out.target else "nothing probed"
     md = [
         "# fallback-probe: pytest session",
         "",
