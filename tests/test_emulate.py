@@ -238,6 +238,22 @@ def test_moving_back_gives_plain_tensors_and_values() -> None:
         assert x.is_mps and not x.is_cpu and x.get_device() == 0
 
 
+def test_data_assignment_and_module_cpu_move_like_on_a_mac() -> None:
+    with emulated_mps() as emu:
+        param = nn.Parameter(torch.ones(2))
+        same = param
+        param.data = param.data.to("mps")  # the old idiom: the same object moves
+        assert param is same and emu.is_emulated(param) and isinstance(param, nn.Parameter)
+        assert param.tolist() == [1.0, 1.0] and param.requires_grad
+        x = torch.ones(3, device="mps")
+        x.data = torch.zeros(3, device="mps")
+        assert x.tolist() == [0.0, 0.0, 0.0]
+        model = nn.Linear(2, 2).to("mps")
+        model.cpu()
+        assert type(model.weight) is nn.Parameter and model.weight.device.type == "cpu"
+        assert model(torch.ones(1, 2)).shape == (1, 2)
+
+
 def test_autograd_crosses_the_device_boundary() -> None:
     with emulated_mps() as emu:
         w = torch.randn(3, requires_grad=True)
@@ -334,6 +350,8 @@ def test_meta_backing_makes_up_data_dependent_results_and_says_where() -> None:
         assert value == 0.0 and hits.shape == (0, 2) and emu.is_emulated(hits)
         assert text.startswith("tensor(..., device='mps:0', size=(4, 10000)")
         assert out.cpu().device.type == "cpu"
+        with pytest.raises(RuntimeError, match="got self on mps:0 and window on cpu"):
+            torch.stft(out[0], 64, window=torch.hann_window(64), return_complex=True)
     assert emu.placeholders == [
         ("aten::_local_scalar_dense", line_of("# item on meta")),
         ("aten::nonzero", line_of("# nonzero on meta")),
@@ -376,6 +394,7 @@ def test_an_outer_dispatch_mode_sees_emulated_tensors(order: str) -> None:
 def test_everything_is_restored_even_when_the_body_raises() -> None:
     before = {
         "to": "to" in vars(torch.Tensor),
+        "data": "data" in vars(torch.Tensor),
         "tensor": torch.tensor,
         "load": torch.load,
         "available": torch.backends.mps.is_available,
@@ -389,6 +408,7 @@ def test_everything_is_restored_even_when_the_body_raises() -> None:
                 raise ValueError("the user's script failed")
         after = {
             "to": "to" in vars(torch.Tensor),
+            "data": "data" in vars(torch.Tensor),
             "tensor": torch.tensor,
             "load": torch.load,
             "available": torch.backends.mps.is_available,

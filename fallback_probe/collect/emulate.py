@@ -476,6 +476,11 @@ class _MPSTensorBase(torch.Tensor):
         try:
             with _NoSubclassTF():
                 return func(*args, **(kwargs or {}))
+        except RuntimeError as err:
+            # A C++ device check of a composite (stft, ...) saw the meta backing: say mps.
+            if emu._meta and "meta" in str(err):
+                raise emu._reject(RuntimeError(str(err).replace("meta", str(MPS_DEVICE)))) from None
+            raise
         finally:
             emu._mixed_calls -= 1
 
@@ -711,7 +716,57 @@ _MIXED_OPS = {
     _aten.ctc_loss,
     _aten._ctc_loss,
 }
-_TF_SPECIAL: dict[Any, Callable[..., Any]] = {torch.Tensor.type_as: _type_as}
+
+
+def _compatible_shallow_copy_type(a: torch.Tensor, b: torch.Tensor) -> bool:
+    # A wrapper and a plain tensor share a C++ device with cpu backing, but ``a.data = b``
+    # between them would hand the wrapper's empty storage around: nn.Module._apply must make
+    # a new parameter (or swap) instead.
+    if (type(a) is _current()._cls) != (type(b) is _current()._cls):
+        return False
+    return torch._C._has_compatible_shallow_copy_type(a, b)
+
+
+_ORIG_DATA = torch._C.TensorBase.data
+
+
+def _get_data(self: torch.Tensor) -> torch.Tensor:
+    return _ORIG_DATA.__get__(self)
+
+
+def _set_data(self: torch.Tensor, value: torch.Tensor) -> None:
+    """``t.data = value`` across the device boundary, as on a Mac: ``t`` moves with it.
+
+    C++ ``set_data`` finds a wrapper and a plain CPU tensor compatible and would copy the
+    wrapper's empty storage into a plain tensor, so this runs first (a patched property).
+    """
+    emu = _ACTIVE
+    mine = emu is not None and type(self) is emu._cls
+    theirs = emu is not None and type(value) is emu._cls
+    if mine == theirs:
+        with _NoSubclassTF():
+            _ORIG_DATA.__set__(self, value)
+        if mine:
+            self._elem = value._elem
+    elif theirs:  # a CPU tensor (often a Parameter) becomes the mps tensor, same object
+        assert emu is not None
+        moved = emu._wrap(value._elem)
+        if isinstance(self, torch.nn.Parameter):
+            moved = torch.nn.Parameter(moved, self.requires_grad)
+        else:
+            moved.requires_grad_(self.requires_grad)
+        torch.utils.swap_tensors(self, moved)
+    else:
+        raise NotImplementedError(
+            "fallback-probe's emulated mps device cannot move a tensor to the CPU through "
+            "`.data =`; assign the CPU tensor to the variable or attribute instead"
+        )
+
+
+_TF_SPECIAL: dict[Any, Callable[..., Any]] = {
+    torch.Tensor.type_as: _type_as,
+    torch._has_compatible_shallow_copy_type: _compatible_shallow_copy_type,
+}
 for _name in ("cpu", "numpy", "tolist", "data_ptr", "untyped_storage", "get_device"):
     _TF_SPECIAL[getattr(torch.Tensor, _name)] = _delegate(_name)
 
@@ -1256,6 +1311,7 @@ def emulated_mps(backing: Backing = "cpu") -> Iterator[Emulation]:
 
         _patch(stack, torch.Tensor, "to", _patched_to)
         _patch(stack, torch.Tensor, "new_tensor", _patched_new_tensor)
+        _patch(stack, torch.Tensor, "data", property(_get_data, _set_data))
         _patch(stack, torch, "tensor", _make_from_data(torch.tensor, True))
         _patch(
             stack, torch, "as_tensor", _make_from_data(torch.as_tensor, False, ("dtype", "device"))
