@@ -13,14 +13,16 @@ How it is built (why each piece exists):
 - ``_MPSTensorBase`` is a ``_make_wrapper_subclass`` tensor. Its C++ device is the backing
   device (a C++ ``mps`` device aborts the process, mps-facts §8); ``__torch_dispatch__`` runs
   each ATen op on the backing tensors and re-wraps the results, so autograd, optimizers and
-  views keep working on the wrappers. ``__torch_function__`` only enforces the device rules a
-  Mac enforces (mixed devices), at the Python API level where user intent is visible: C++
-  composites create plain helper tensors that must *not* trip that check.
+  views keep working on the wrappers. ``__torch_function__`` spots the API calls that mix
+  devices, where user intent is visible (C++ composites create plain helper tensors that must
+  *not* trip the check); the ATen ops such a call reaches then decide, since copies and
+  indexing accept CPU tensors on a Mac too.
 - Python kernels for the ``MPS`` dispatch key of factory ops (``empty``, ``zeros``,
   ``arange``, ...) make ``device="mps"``, ``torch.set_default_device("mps")`` and
   ``with torch.device("mps"):`` work everywhere, even inside torch's own Python code.
 - Targeted patches, all restored on exit: ``Tensor.to`` / ``new_tensor``, ``torch.tensor`` /
   ``as_tensor`` / ``asarray`` (their C++ paths reject ``mps`` before any dispatch),
+  ``Tensor.data`` (C++ ``set_data`` would mix a wrapper and a plain tensor),
   ``torch.backends.mps``, ``torch.mps``, ``torch.accelerator``, ``torch.save`` / ``load``
   (so a saved module comes back on ``mps``) and ``torch.compile`` (runs eagerly).
 - With ``backing="meta"``, a ``TorchFunctionMode`` sends large CPU-default allocations made
