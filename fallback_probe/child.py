@@ -61,8 +61,10 @@ def main(argv: list[str]) -> int:
     probe.sink = sink
     code = ExitCode.OK
     try:
+        started = False
         try:
             with probe:
+                started = True
                 fh.write(probe._col.header_json() + "\n")
                 fh.flush()
                 if target.function is None:
@@ -78,8 +80,15 @@ def main(argv: list[str]) -> int:
         except SystemExit as exc:
             if exc.code not in (None, 0):
                 code = ExitCode.MODEL_FAILED
-        except BaseException as exc:  # the user's model failed: theirs to read
-            _print_user_traceback(exc)
+        except BaseException as exc:
+            if started:  # the user's model failed: theirs to read
+                _print_user_traceback(exc)
+            else:  # our bug, not the model's: say so, with our traceback
+                print(
+                    "fallback-probe: internal error while starting the probe; please report it",
+                    file=sys.stderr,
+                )
+                traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
             code = ExitCode.MODEL_FAILED
     finally:
         fh.close()
