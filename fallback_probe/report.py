@@ -237,6 +237,7 @@ def build_rows(judgements: Sequence[Judgement]) -> tuple[tuple[OpRow, ...], tupl
     """Fold per-call judgements into one row per (op, verdict), costliest problems first."""
     accs: dict[tuple[str, Verdict], _Acc] = {}
     skipped: dict[tuple[str, str], int] = {}
+    shape_texts: dict[tuple[tuple[int, ...], ...], str] = {}  # the same shapes recur
     for j in judgements:
         if j.verdict is None:
             skipped[(j.op, j.reason)] = skipped.get((j.op, j.reason), 0) + 1
@@ -255,7 +256,11 @@ def build_rows(judgements: Sequence[Judgement]) -> tuple[tuple[OpRow, ...], tupl
             if t.on_device:
                 acc.dtypes[t.dtype] = None
         if c.inputs:
-            acc.shapes[_shape_text(t.shape for t in c.inputs)] = None
+            shapes = tuple(t.shape for t in c.inputs)
+            text = shape_texts.get(shapes)
+            if text is None:
+                text = shape_texts[shapes] = _shape_text(shapes)
+            acc.shapes[text] = None
         if c.op != j.op:
             acc.called_as[c.op] = None
         if j.verdict is Verdict.FALLBACK:

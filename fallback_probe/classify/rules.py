@@ -39,7 +39,10 @@ def _version_tuple(text: str) -> tuple[int, ...]:
 
 def dtype_verdict(call: OpCall, macos: str) -> tuple[Verdict, str] | None:
     """MPS refuses some dtypes outright, whatever kernel the op has (mps-facts §6)."""
-    old_macos = _version_tuple(macos) < (14,)
+    return _dtype_verdict(call, _version_tuple(macos) < (14,))
+
+
+def _dtype_verdict(call: OpCall, old_macos: bool) -> tuple[Verdict, str] | None:
     for t in (*call.inputs, *call.outputs):
         if not t.on_device:
             continue
@@ -84,11 +87,13 @@ def judge(trace: Sequence[OpCall], oplist: OpList, macos: str) -> list[Judgement
         else:
             children.setdefault(call.parent, []).append(call)
     out: list[Judgement] = []
+    old_macos = _version_tuple(macos) < (14,)
+    by_op: dict[str, tuple[str, Verdict | None, str] | None] = {}  # an op's entry verdict
     stack = list(reversed(roots))
     while stack:
         call = stack.pop()
         kids = children.get(call.index, ())
-        j = _judge_one(call, bool(kids), oplist, release, macos)
+        j = _judge_one(call, bool(kids), oplist, release, old_macos, by_op)
         if j is None:
             stack.extend(reversed(kids))
         else:
@@ -97,14 +102,19 @@ def judge(trace: Sequence[OpCall], oplist: OpList, macos: str) -> list[Judgement
 
 
 def _judge_one(
-    call: OpCall, has_children: bool, oplist: OpList, release: str, macos: str
+    call: OpCall,
+    has_children: bool,
+    oplist: OpList,
+    release: str,
+    old_macos: bool,
+    by_op: dict[str, tuple[str, Verdict | None, str] | None],
 ) -> Judgement | None:
     op = call.op
     if not call.touches_device:
         return None if has_children else Judgement(call, op, None, "ran on the CPU by the script")
     if op in SYNC_OPS:
         return Judgement(call, op, Verdict.NATIVE, "a sync (.item()), not a fallback")
-    by_dtype = dtype_verdict(call, macos)
+    by_dtype = _dtype_verdict(call, old_macos)
     if by_dtype is not None:
         return Judgement(call, op, by_dtype[0], by_dtype[1])
     routes = ROUTES.get(op)
@@ -118,14 +128,18 @@ def _judge_one(
                 verdict, reason = Verdict.NATIVE, f"decomposes into portable ops ({reason})"
             return Judgement(call, name, verdict, f"{reason}; on MPS {op} runs as {target}")
         return Judgement(call, op, None, f"none of {', '.join(routes)} exists in {release}")
-    entry = oplist.get(op)
-    if entry is None:
+    if op in by_op:
+        known = by_op[op]
+    else:
+        entry = oplist.get(op)
+        known = by_op[op] = None if entry is None else _entry_verdict(op, entry, release)
+    if known is None:
         if is_cpu_only(op):
             return Judgement(call, op, None, "a CPU-only kernel with no MPS counterpart known")
         if not op.startswith("aten::"):
             return Judgement(call, op, None, "registered by another library: not in the list")
         return Judgement(call, op, None, f"not an op of torch {release}")
-    name, verdict, reason = _entry_verdict(op, entry, release)
+    name, verdict, reason = known
     if verdict is not None:
         return Judgement(call, name, verdict, reason)
     if has_children:
