@@ -242,7 +242,7 @@ def _parse(text: str, where: str) -> OpList:
         doc = json.loads(text)
         if doc.get("format") != FORMAT:
             raise ValueError(f"format {doc.get('format')!r}, expected {FORMAT}")
-        entries = {op: OpEntry.from_json(op, raw) for op, raw in doc["ops"].items()}
+        entries = {op: _entry(op, raw) for op, raw in doc["ops"].items()}
         expectations = {
             table: {name: _dtypes(value) for name, value in rows.items()}
             for table, rows in doc.get("mps_test_expectations", {}).items()
@@ -250,6 +250,18 @@ def _parse(text: str, where: str) -> OpList:
         return OpList(doc["torch_version"], entries, doc["provenance"], expectations)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ProbeError(f"corrupt operator list {where}: {exc}") from exc
+
+
+_STATUSES = {status.value: status for status in OpStatus}
+
+
+def _entry(op: str, raw: Mapping[str, Any]) -> OpEntry:
+    """``OpEntry.from_json``, with a short path for the usual entry: a status alone."""
+    if len(raw) == 1:
+        status = _STATUSES.get(raw.get("status"))  # type: ignore[arg-type]
+        if status is not None:
+            return OpEntry(op, status)
+    return OpEntry.from_json(op, raw)
 
 
 def _dtypes(value: Any) -> tuple[str, ...] | str | None:
