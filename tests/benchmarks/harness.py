@@ -102,26 +102,47 @@ class ProcessRun:
     stderr: str
 
 
+# Runs the command and writes its wall seconds and its peak RSS to the file in argv[1]. A
+# child forked from this (large) process would report at least our RSS as its peak, since
+# Linux counts the pages of the forked copy before exec; the small wrapper's own children
+# are forked from a fresh interpreter, so RUSAGE_CHILDREN measures the command alone.
+_WRAPPER = """
+import json, resource, subprocess, sys, time
+start = time.perf_counter()
+code = subprocess.call(sys.argv[2:])
+seconds = time.perf_counter() - start
+rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+with open(sys.argv[1], "w") as fh:
+    json.dump([seconds, rss * (1 if sys.platform == "darwin" else 1024)], fh)
+sys.exit(code)
+"""
+
+
 def run_measured(
     cmd: Sequence[str], cwd: Path | None = None, env: Mapping[str, str] | None = None
 ) -> ProcessRun:
-    """Wall time and peak RSS of ``cmd``: reaped by ``os.wait4``, whose rusage covers the
-    process and the children it waited for (the CLI's model process)."""
+    """Wall time and peak RSS of ``cmd`` and the children it waits for (the CLI's model
+    process), measured by a small wrapper process (see ``_WRAPPER``)."""
+    import json
     import tempfile
 
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(
-            list(cmd), cwd=cwd, env=dict(env) if env is not None else None, stdout=out, stderr=err
+    with (
+        tempfile.TemporaryFile("w+") as out,
+        tempfile.TemporaryFile("w+") as err,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        result = Path(tmp, "usage.json")
+        code = subprocess.call(
+            [sys.executable, "-c", _WRAPPER, str(result), *cmd],
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            stdout=out,
+            stderr=err,
         )
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        seconds, rss = json.loads(result.read_text()) if result.exists() else (0.0, 0)
         out.seek(0)
         err.seek(0)
-        # ru_maxrss: kilobytes on Linux, bytes on macOS
-        scale = 1 if sys.platform == "darwin" else 1024
-        return ProcessRun(seconds, usage.ru_maxrss * scale, proc.returncode, out.read(), err.read())
+        return ProcessRun(seconds, int(rss), code, out.read(), err.read())
 
 
 def interleaved_processes(
