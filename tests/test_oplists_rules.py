@@ -201,7 +201,7 @@ def test_yaml_outside_the_subset_fails_loudly(text: str) -> None:
 
 
 def test_yaml_matches_pyyaml_where_available() -> None:
-    yaml = pytest.importorskip("yaml")  # only to cross-check: not a dependency
+    yaml = pytest.importorskip("yaml")  # a test extra, to cross-check: not a runtime dependency
     text = FIXTURE.read_text()
     assert _yaml.load(text) == yaml.safe_load(text)
 
