@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import ExitStack
+from functools import lru_cache
 from types import TracebackType
 from typing import Literal
 
@@ -133,16 +134,9 @@ class Probe:
         from fallback_probe.verdicts import target_releases
 
         if self.oplist is not None:
-            lists = [self.oplist]
-        else:
-            _, releases, _ = target_releases(self.torch_version, self._col.host.torch)
-            lists = [oplists.load(r) for r in releases]
-        return frozenset(
-            e.op
-            for ol in lists
-            for e in ol.entries()
-            if e.status in (OpStatus.COMPOSITE_EXPLICIT, OpStatus.COMPOSITE_IMPLICIT)
-        )
+            return _composites_of((self.oplist,))
+        _, releases, _ = target_releases(self.torch_version, self._col.host.torch)
+        return _composites_of(tuple(oplists.load(r) for r in releases))
 
     def __exit__(
         self,
@@ -184,6 +178,17 @@ class Probe:
             col.limits.append(f"{op} at {where} returned a placeholder (no data on meta).")
         for message, where in getattr(emu, "rejections", ()):
             col.limits.append(f"A Mac would refuse this at {where}: {message}")
+
+
+@lru_cache(maxsize=8)
+def _composites_of(lists: tuple[OpList, ...]) -> frozenset[str]:
+    # Cached: the plugin opens a probe per test, and walking 3,000 entries costs ~2 ms.
+    return frozenset(
+        e.op
+        for ol in lists
+        for e in ol.entries()
+        if e.status in (OpStatus.COMPOSITE_EXPLICIT, OpStatus.COMPOSITE_IMPLICIT)
+    )
 
 
 def _describe(exc_type: type[BaseException], exc: BaseException | None) -> str:
