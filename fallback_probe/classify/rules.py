@@ -63,7 +63,11 @@ def _entry_verdict(op: str, entry: OpEntry, release: str) -> tuple[str, Verdict 
     if status is OpStatus.EXPLICIT_FALLBACK:
         reached = entry.delegate or op
         via = f" (reaches the backend as {reached})" if reached != op else ""
-        return reached, Verdict.FALLBACK, f"registered straight to the CPU fallback in {release}{via}"
+        return (
+            reached,
+            Verdict.FALLBACK,
+            f"registered straight to the CPU fallback in {release}{via}",
+        )
     if status is OpStatus.MISSING:
         reached = entry.delegate or op
         via = f" (reaches the backend as {reached})" if reached != op else ""
