@@ -264,8 +264,8 @@ def build_rows(judgements: Sequence[Judgement]) -> tuple[tuple[OpRow, ...], tupl
         if c.op != j.op:
             acc.called_as[c.op] = None
         if j.verdict is Verdict.FALLBACK:
-            acc.to_cpu += sum(t.nbytes for t in c.inputs if t.on_device)
-            acc.from_cpu += sum(t.nbytes for t in c.outputs if t.on_device)
+            acc.to_cpu += round(j.share * sum(t.nbytes for t in c.inputs if t.on_device))
+            acc.from_cpu += round(j.share * sum(t.nbytes for t in c.outputs if t.on_device))
         if c.seconds is not None:
             acc.seconds = (acc.seconds or 0.0) + c.seconds
         if c.error and acc.error is None:

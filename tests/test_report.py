@@ -40,8 +40,15 @@ def _sample() -> Report:
         Judgement(_call(1, "aten::relu"), "aten::relu", Verdict.NATIVE, "MPS kernel"),
         Judgement(_call(2, "aten::mode"), "aten::mode", Verdict.FALLBACK, "no MPS kernel"),
         Judgement(_call(3, "aten::mul.Tensor"), "aten::mul.out", Verdict.FALLBACK, "no kernel"),
-        Judgement(_call(4, "aten::mul.Tensor", shape=(64, 64)), "aten::mul.out", Verdict.FALLBACK, "x"),
-        Judgement(_call(5, "aten::add.Tensor", dtype="float64"), "aten::add.Tensor", Verdict.UNSUPPORTED, "MPS has no float64"),
+        Judgement(
+            _call(4, "aten::mul.Tensor", shape=(64, 64)), "aten::mul.out", Verdict.FALLBACK, "x"
+        ),
+        Judgement(
+            _call(5, "aten::add.Tensor", dtype="float64"),
+            "aten::add.Tensor",
+            Verdict.UNSUPPORTED,
+            "MPS has no float64",
+        ),
         Judgement(_call(6, "torchvision::nms"), "torchvision::nms", None, "another library"),
     ]
     return _report(js)
@@ -118,8 +125,35 @@ def test_diff_lists_new_and_resolved() -> None:
     )
     d = diff_reports(old, new)
     assert d.new == (("aten::col2im", Verdict.FALLBACK),)
-    assert d.resolved == (("aten::add.Tensor", Verdict.UNSUPPORTED), ("aten::mul.out", Verdict.FALLBACK))
+    assert d.resolved == (
+        ("aten::add.Tensor", Verdict.UNSUPPORTED),
+        ("aten::mul.out", Verdict.FALLBACK),
+    )
     assert any("differ in target" in n for n in d.notes)
     md = render_diff(d, Format.MARKDOWN)
     assert "## New (1)" in md and "`aten::col2im`" in md
-    assert json.loads(render_diff(d, Format.JSON))["new"] == [{"op": "aten::col2im", "verdict": "fallback"}]
+    assert json.loads(render_diff(d, Format.JSON))["new"] == [
+        {"op": "aten::col2im", "verdict": "fallback"}
+    ]
+
+
+def test_one_call_that_fell_back_several_times_splits_its_bytes() -> None:
+    from fallback_probe.classify.live import judge_live
+
+    t = TensorMeta("float32", (4, 4), 64, True)
+    call = OpCall(
+        0,
+        "aten::_foreach_sqrt",
+        None,
+        "",
+        False,
+        "x.py:1",
+        (t, t),
+        (t, t),
+        fallback_ops=("aten::sqrt.out", "aten::sqrt.out"),
+        to_cpu=True,
+    )
+    rows, _ = build_rows(judge_live([call]))
+    (row,) = rows
+    assert (row.op, row.calls) == ("aten::sqrt.out", 2)
+    assert row.bytes_to_cpu == 128 and row.bytes_from_cpu == 128  # not 256: counted once

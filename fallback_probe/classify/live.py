@@ -20,9 +20,12 @@ def judge_live(trace: Sequence[OpCall]) -> list[Judgement]:
             out.append(Judgement(call, call.op, Verdict.UNSUPPORTED, f"raised ({kind})"))
             continue
         if call.fallback_ops:
+            # A composite (e.g. _foreach_addcdiv_) can fall back once per tensor: split the
+            # bytes between those events rather than count the call's tensors each time.
+            share = 1.0 / len(call.fallback_ops)
             for named in call.fallback_ops:
                 out.append(
-                    Judgement(call, named, Verdict.FALLBACK, "the fallback warning named it")
+                    Judgement(call, named, Verdict.FALLBACK, "the fallback warning named it", share)
                 )
             continue
         if call.to_cpu and call.op not in SYNC_OPS:

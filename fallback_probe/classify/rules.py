@@ -27,6 +27,7 @@ class Judgement:
     op: str
     verdict: Verdict | None  # None: not judged (see ``reason``)
     reason: str
+    share: float = 1.0  # of the call's tensors, when one call fell back several times
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
