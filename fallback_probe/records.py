@@ -33,6 +33,10 @@ class Mode(str, Enum):
     PREDICTED = "predicted"
 
 
+# A note the recorder puts on a convolution call that was transposed: MPS routes it elsewhere.
+TRANSPOSED = "transposed"
+
+
 @dataclass(frozen=True, slots=True)
 class TensorMeta:
     """What the report needs of one tensor argument or result."""

@@ -135,3 +135,11 @@ def test_a_failing_block_still_leaves_its_report() -> None:
     assert [x.op for x in r.ops] == ["aten::mode", "aten::randn"] or "aten::mode" in [
         x.op for x in r.ops
     ]
+
+
+def test_transposed_convolution_is_routed_to_its_own_mps_kernels() -> None:
+    ct = nn.ConvTranspose2d(4, 3, 3)
+    v = _verdicts("2.15.0", lambda: ct(torch.randn(1, 4, 8, 8)).sum().backward())
+    assert v["aten::_mps_convolution_transpose"] is Verdict.NATIVE
+    assert v["aten::mps_convolution_transpose_backward"] is Verdict.NATIVE
+    assert "aten::_mps_convolution" not in v

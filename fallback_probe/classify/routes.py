@@ -24,6 +24,13 @@ ROUTES: dict[str, tuple[str, ...]] = {
     ),
 }
 
+# The same composites when the call was a transposed convolution (the recorder notes it).
+TRANSPOSED_ROUTES: dict[str, tuple[str, ...]] = {
+    "aten::convolution": ("aten::_mps_convolution_transpose",),
+    "aten::_convolution": ("aten::_mps_convolution_transpose",),
+    "aten::convolution_backward": ("aten::mps_convolution_transpose_backward",),
+}
+
 # Kernels that only exist for the CPU: an unrouted one is reported as not judged, never
 # as a fallback.
 CPU_ONLY_MARKERS = ("aten::mkldnn_", "_for_cpu", "aten::_nnpack", "aten::fbgemm_")

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from fallback_probe.classify.routes import ROUTES, is_cpu_only
+from fallback_probe.classify.routes import ROUTES, TRANSPOSED_ROUTES, is_cpu_only
 from fallback_probe.oplists import OpEntry, OpList
-from fallback_probe.records import OpCall, OpStatus, Verdict
+from fallback_probe.records import TRANSPOSED, OpCall, OpStatus, Verdict
 
 NO_FLOAT64 = frozenset({"float64", "complex128"})
 NEEDS_MACOS_14 = frozenset({"bfloat16", "complex64"})
@@ -123,6 +123,8 @@ def _judge_one(
     if by_dtype is not None:
         return Judgement(call, op, by_dtype[0], by_dtype[1])
     routes = ROUTES.get(op)
+    if routes is not None and TRANSPOSED in call.notes:
+        routes = TRANSPOSED_ROUTES.get(op, routes)
     if routes is not None:
         for target in routes:
             entry = oplist.get(target)

@@ -21,7 +21,7 @@ from torch._C import DispatchKey
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.module_tracker import ModuleTracker
 
-from fallback_probe.records import OpCall, TensorMeta
+from fallback_probe.records import TRANSPOSED, OpCall, TensorMeta
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,6 +78,13 @@ def _plain(args: tuple) -> bool:
 
 
 _DYNAMO = "torch._dynamo"
+
+# Convolutions route to another MPS kernel when transposed (classify/routes.py): keep the flag.
+_TRANSPOSED_ARG = {
+    "aten::convolution": 6,
+    "aten::_convolution": 6,
+    "aten::convolution_backward": 7,
+}
 
 
 def _dispatch_unwrapped(mode: Recorder, func, types, args, kwargs):  # type: ignore[no-untyped-def]
@@ -275,6 +282,9 @@ class Recorder(TorchDispatchMode):
             extra: dict[str, Any] = {}
         else:
             result, extra = self.run(func, name, args, kwargs)
+        flag = _TRANSPOSED_ARG.get(name)
+        if flag is not None and len(args) > flag and args[flag] is True:
+            extra = {**extra, "notes": (*extra.get("notes", ()), TRANSPOSED)}
         outputs, out_dev = self._metas(result if isinstance(result, (list, tuple)) else (result,))
         if self._is_on_device is not None and not (in_dev or out_dev) and parent is None:
             if self._record_cpu_work:
