@@ -29,11 +29,11 @@ _GRACE_SECONDS = 10
 def _run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fallback-probe",
+        usage="fallback-probe TARGET [options] [-- script args...]",
         description="Which ops of a PyTorch model fall back from MPS to the CPU. "
         "Other commands: fallback-probe ops | oplists build | render | diff (each has --help).",
     )
     p.add_argument("target", help="script.py (run as __main__) or file.py:function")
-    p.add_argument("args", nargs="*", help="arguments for the script (put them after --)")
     add_options(p.add_argument)
     p.add_argument(
         "--no-emulate",
@@ -224,7 +224,7 @@ def _dispatch(argv: list[str]) -> int:
         cut = argv.index("--")
         argv, script_args = argv[:cut], argv[cut + 1 :]
     args = _run_parser().parse_args(argv)
-    args.args = [*args.args, *script_args]
+    args.args = script_args
     return run_target(args)
 
 
