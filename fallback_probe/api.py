@@ -7,7 +7,6 @@ compare or assert on.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from contextlib import ExitStack
 from functools import lru_cache
 from types import TracebackType
@@ -196,10 +195,6 @@ def _describe(exc_type: type[BaseException], exc: BaseException | None) -> str:
     return f"{exc_type.__name__}: {text}" if text else exc_type.__name__
 
 
-def probe(**kwargs: object) -> Probe:
-    """Probe a block of code; see ``Probe`` for the options (docs/api.md)."""
-    return Probe(**kwargs)  # type: ignore[arg-type]
-
-
-def _iter_calls(p: Probe) -> Iterator[OpCall]:
-    yield from p.trace
+# ``with fallback_probe.probe(...) as p:`` reads like torch's own context managers; the
+# alias keeps Probe's typed signature (docs/api.md).
+probe = Probe

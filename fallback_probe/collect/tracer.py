@@ -116,14 +116,12 @@ class Recorder(TorchDispatchMode):
         *,
         is_on_device: Callable[[torch.Tensor], bool] | None = None,
         decompose: bool | Collection[str] = False,
-        record_cpu_work: bool = True,
     ) -> None:
         super().__init__()
         self.calls: list[OpCall] = []
         self.cpu_work: dict[str, int] = {}
         self._is_on_device = is_on_device
         self._decompose = decompose
-        self._record_cpu_work = record_cpu_work
         self._stack: list[tuple[int, str]] = []  # open composite calls: (index, op)
         self._tracker = ModuleTracker()
         self._internal_code: dict[CodeType, bool] = {}
@@ -287,8 +285,7 @@ class Recorder(TorchDispatchMode):
             extra = {**extra, "notes": (*extra.get("notes", ()), TRANSPOSED)}
         outputs, out_dev = self._metas(result if isinstance(result, (list, tuple)) else (result,))
         if self._is_on_device is not None and not (in_dev or out_dev) and parent is None:
-            if self._record_cpu_work:
-                self.cpu_work[name] = self.cpu_work.get(name, 0) + 1
+            self.cpu_work[name] = self.cpu_work.get(name, 0) + 1
             return result
         self._file(index, name, parent, inputs, outputs, extra)
         return result
