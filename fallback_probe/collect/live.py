@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from collections import deque
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
@@ -104,14 +105,17 @@ class LiveRecorder(Recorder):
             if ancestor is not None:
                 mark = int(ancestor.name[len(_MARK) :])
                 events[op_event.id] = (op_event.time_range.start, mark, op_event.name)
-        warned = [op for w in self.log if (op := fallback_op_from_warning(str(w.message)))]
+        # Warnings queued per op name, in arrival order: matching stays linear in long runs.
+        warned: dict[str, deque[str]] = {}
+        for w in self.log:
+            if op := fallback_op_from_warning(str(w.message)):
+                warned.setdefault(op.split(".")[0], deque()).append(op)
         named: dict[int, list[str]] = {}
         for _, mark, base in sorted(events.values()):
-            full = next((op for op in warned if op.split(".")[0] == base), None)
-            if full is not None:
-                warned.remove(full)
+            queue = warned.get(base)
+            full = queue.popleft() if queue else None
             named.setdefault(mark, []).append(full or base)
-        self.unmatched_warnings = warned
+        self.unmatched_warnings = [op for queue in warned.values() for op in queue]
         calls = []
         for c in self.calls:
             mark = next((int(n[5:]) for n in c.notes if n.startswith("mark=")), None)
