@@ -267,7 +267,7 @@ def build_rows(judgements: Sequence[Judgement]) -> tuple[tuple[OpRow, ...], tupl
             acc.to_cpu += round(j.share * sum(t.nbytes for t in c.inputs if t.on_device))
             acc.from_cpu += round(j.share * sum(t.nbytes for t in c.outputs if t.on_device))
         if c.seconds is not None:
-            acc.seconds = (acc.seconds or 0.0) + c.seconds
+            acc.seconds = (acc.seconds or 0.0) + j.share * c.seconds
         if c.error and acc.error is None:
             acc.error = c.error
     rows = []
