@@ -132,9 +132,7 @@ def test_a_failing_block_still_leaves_its_report() -> None:
     r = p.report
     assert r.complete is False
     assert r.error == "ZeroDivisionError: division by zero"
-    assert [x.op for x in r.ops] == ["aten::mode", "aten::randn"] or "aten::mode" in [
-        x.op for x in r.ops
-    ]
+    assert "aten::mode" in [x.op for x in r.ops]  # what ran before the error
 
 
 def test_transposed_convolution_is_routed_to_its_own_mps_kernels() -> None:
