@@ -68,6 +68,10 @@ class Probe:
     def trace(self) -> list[OpCall]:
         return [] if self.collection is None else list(self.collection.trace)
 
+    def trace_so_far(self) -> list[OpCall]:
+        """The calls recorded until now, in call order, while the block still runs."""
+        return [] if self._recorder is None else self._recorder.trace()
+
     def __enter__(self) -> Probe:
         if self.torch_version is not None:
             from fallback_probe import oplists
@@ -112,15 +116,16 @@ class Probe:
         from fallback_probe.collect.intercept import intercepting
         from fallback_probe.collect.tracer import Recorder
 
-        is_on_device = None
+        is_on_device = handler = None
         if self.emulate:
             from fallback_probe.collect.emulate import emulated_mps
 
             self._emulation = stack.enter_context(emulated_mps(self.backing))
             is_on_device = self._emulation.is_emulated
+            handler = self._emulation.dispatch
         elif self.backing == "meta":
             self._col.limits.append("--device meta needs emulation; ran on the CPU instead.")
-        rec = Recorder(is_on_device=is_on_device, decompose=self._composites())
+        rec = Recorder(is_on_device=is_on_device, decompose=self._composites(), handler=handler)
         rec.sink = self.sink
         stack.enter_context(rec)
         stack.enter_context(intercepting(rec))

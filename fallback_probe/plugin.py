@@ -37,7 +37,6 @@ from fallback_probe.records import Verdict
 
 if TYPE_CHECKING:  # torch-heavy modules are imported only once a probed test runs
     from fallback_probe.api import Probe
-    from fallback_probe.records import OpCall
     from fallback_probe.report import Report
 
 DEFAULT_BASELINE = "fallback-baseline.json"
@@ -184,7 +183,6 @@ class ProbedTest:
         self.allow = allow
         self.error: str | None = None
         self._gate = gate
-        self._calls: list[OpCall] = []
         self._probe: Probe | None = None
         self._final: Report | None = None
 
@@ -203,7 +201,7 @@ class ProbedTest:
 
         return problem_ops(self.report)
 
-    def _snapshot(self) -> Report:
+    def _snapshot(self) -> Report:  # the fixture asked while the test still runs
         import platform
 
         from fallback_probe.collect import Collection, this_host
@@ -212,7 +210,8 @@ class ProbedTest:
 
         mode, reason = self._gate.decided()
         col = Collection(Mode(mode), reason, "mps", this_host())
-        col.trace = sorted(self._calls, key=lambda c: c.index)
+        assert self._probe is not None
+        col.trace = self._probe.trace_so_far()
         col.complete = False
         col.error = "the test is still running"
         if mode == Mode.LIVE.value:
@@ -229,7 +228,6 @@ class ProbedTest:
             macos=self._gate.macos,
             device=self._gate.device,  # type: ignore[arg-type]
         )
-        probe.sink = self._calls.append  # lets the fixture judge the ops so far
         probe.__enter__()
         self._probe = probe
 
@@ -245,7 +243,6 @@ class ProbedTest:
             self.error = f"the probe failed after the test ran: {_one_line(err)}"
         finally:  # items live for the whole session: keep the report, drop the trace
             self._probe = None
-            self._calls = []
 
     def payload(self) -> dict[str, Any]:
         """Plain JSON for ``user_properties``: what the controller needs, nothing more."""

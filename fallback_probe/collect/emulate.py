@@ -130,6 +130,11 @@ class Emulation:
         """True for a tensor this emulation placed on ``mps`` (the op touches the device)."""
         return type(t) is self._cls
 
+    @property
+    def dispatch(self) -> Callable[..., Any]:
+        """The device's ``__torch_dispatch__``, for a dispatch mode to call directly."""
+        return self._cls.__torch_dispatch__
+
     # -- recording ------------------------------------------------------------------------
 
     def _reject(self, exc: Exception) -> Exception:

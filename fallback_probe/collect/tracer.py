@@ -1,7 +1,7 @@
 """Record every ATen op call of a block of code as frozen ``OpCall`` records.
 
-A private ``TorchDispatchMode`` sees each op after autograd, as the backend would; torch's
-``ModuleTracker`` says which module issued it. The same recorder serves both modes: predict
+A private ``TorchDispatchMode`` sees each op after autograd, as the backend would; a
+``ModuleTracker`` (``modules.py``) says which module issued it. The same recorder serves both modes: predict
 mode also opens composite kernels so their constituent ops are recorded under them, live mode
 adds evidence around each real call (see ``live.py``).
 """
@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch._C import DispatchKey
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.module_tracker import ModuleTracker
 
+from fallback_probe.collect.modules import module_tracker
 from fallback_probe.records import TRANSPOSED, OpCall, TensorMeta
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
@@ -98,40 +98,56 @@ _without_dynamo = (
 )
 
 
-def _display_path(filename: str) -> str:
+def _display_path(filename: str, cwd: str) -> str:
     if filename.startswith("<"):
         return filename
     try:
-        rel = os.path.relpath(filename)
+        rel = os.path.relpath(filename, cwd)
     except ValueError:  # another drive on Windows
         return filename
     return filename if rel.startswith("..") else rel
 
 
+# What the hot path files per call; OpCall (a frozen dataclass, ~2 us to build) is made only
+# when the trace is read: (index, op, parent, module, backward, code, line, inputs, outputs,
+# extra).
+_Row = tuple[
+    int, str, "int | None", str, bool, "CodeType | None", int,
+    tuple[TensorMeta, ...], tuple[TensorMeta, ...], "dict[str, Any] | None",
+]  # fmt: skip
+
+
 class Recorder(TorchDispatchMode):
-    """The dispatch mode behind every collector; not public: use ``fallback_probe.probe()``."""
+    """The dispatch mode behind every collector; not public: use ``fallback_probe.probe()``.
+
+    ``handler`` is the emulated device's ``__torch_dispatch__``: an op on its tensors is handed
+    to it directly instead of going back through the dispatcher (one Python layer per op).
+    """
 
     def __init__(
         self,
         *,
         is_on_device: Callable[[torch.Tensor], bool] | None = None,
         decompose: bool | Collection[str] = False,
+        handler: Callable[..., Any] | None = None,
     ) -> None:
         super().__init__()
-        self.calls: list[OpCall] = []
         self.cpu_work: dict[str, int] = {}
         self._is_on_device = is_on_device
         self._decompose = decompose
+        self._handler = handler
         self._stack: list[tuple[int, str]] = []  # open composite calls: (index, op)
-        self._tracker = ModuleTracker()
+        self._tracker = module_tracker()
         self._internal_code: dict[int, tuple[CodeType, bool]] = {}
-        self._decomposable: dict[str, bool] = {}
+        self._ops: dict[Any, tuple[str, bool, int | None, bool]] = {}
         self.sink: Callable[[OpCall], None] | None = None
         self._counter = itertools.count()
         self._depth = 0  # the mode is re-entered while a composite runs; the tracker is not
-        # Per-call lookups remembered for the probe's lifetime (the per-op path is hot):
-        self._paths: dict[tuple[str, str], str] = {}
-        self._modules: dict[frozenset[str], str] = {}
+        self._rows: list[_Row] = []  # filed, not yet made into OpCalls
+        self._calls: list[OpCall] = []
+        # Sources are shown relative to where the run started (one getcwd, not one per op).
+        self._cwd = os.getcwd()
+        self._paths: dict[str, str] = {}
         self._tensor_metas: dict[tuple[torch.dtype, torch.Size, bool], TensorMeta] = {}
 
     # -- context -------------------------------------------------------------------------
@@ -159,20 +175,42 @@ class Recorder(TorchDispatchMode):
         if self._depth == 0:
             self._tracker.__exit__(*exc)
 
-    # -- helpers -------------------------------------------------------------------------
-    def _module(self) -> str:
-        parents = self._tracker.parents
-        if len(parents) <= 1:
-            return ""
-        key = frozenset(parents)
-        module = self._modules.get(key)
-        if module is None:
-            deepest = max((p for p in parents if p != "Global"), key=lambda p: p.count("."))
-            head, _, rest = deepest.partition(".")
-            module = self._modules[key] = rest or head
-        return module
+    # -- the records ---------------------------------------------------------------------
+    @property
+    def calls(self) -> list[OpCall]:
+        """Every call filed so far, in the order they finished (a composite after its ops)."""
+        if self._rows:
+            self._calls.extend(map(self._build, self._rows))
+            self._rows.clear()
+        return self._calls
 
-    def _source(self) -> str:
+    @calls.setter
+    def calls(self, calls: list[OpCall]) -> None:
+        self._rows.clear()
+        self._calls = list(calls)
+
+    def trace(self) -> list[OpCall]:
+        """The records in call order (a composite before the ops it ran)."""
+        return sorted(self.calls, key=lambda c: c.index)
+
+    def _build(self, row: _Row) -> OpCall:
+        index, name, parent, module, backward, code, line, inputs, outputs, extra = row
+        source = f"{self._path(code.co_filename)}:{line}" if code is not None else ""
+        return OpCall(
+            index=index,
+            op=name,
+            parent=parent,
+            module=module,
+            backward=backward,
+            source=source,
+            inputs=inputs,
+            outputs=outputs,
+            **(extra or {}),
+        )
+
+    # -- helpers -------------------------------------------------------------------------
+    def _source(self) -> tuple[CodeType | None, int]:
+        """The innermost frame of the user's code: (code, line)."""
         frame = sys._getframe(2)
         cache = self._internal_code
         while frame is not None:
@@ -188,16 +226,14 @@ class Recorder(TorchDispatchMode):
                 internal = fn.startswith(_INTERNAL_PREFIXES) or fn.startswith("<frozen")
                 cache[id(code)] = (code, internal)
             if not internal:
-                return f"{self._path(code.co_filename)}:{frame.f_lineno}"
+                return code, frame.f_lineno
             frame = frame.f_back
-        return ""
+        return None, 0
 
     def _path(self, filename: str) -> str:
-        """``_display_path``, remembered per file and working directory (relpath is slow)."""
-        key = (filename, os.getcwd())
-        path = self._paths.get(key)
+        path = self._paths.get(filename)
         if path is None:
-            path = self._paths[key] = _display_path(filename)
+            path = self._paths[filename] = _display_path(filename, self._cwd)
         return path
 
     def _metas(self, values: Any) -> tuple[tuple[TensorMeta, ...], bool]:
@@ -229,19 +265,22 @@ class Recorder(TorchDispatchMode):
             found = self._tensor_metas[key] = _meta(t, on_device)
         return found
 
-    def _can_decompose(self, name: str) -> bool:
-        known = self._decomposable.get(name)
-        if known is None:
-            wanted = self._decompose is True or name in self._decompose  # type: ignore[operator]
-            known = (
-                wanted
-                and name not in NEVER_DECOMPOSE
-                and any(
-                    torch._C._dispatch_has_kernel_for_dispatch_key(name, k) for k in _COMPOSITE_KEYS
-                )
+    def _facts(self, func: Any) -> tuple[str, bool, int | None, bool]:
+        """Per overload, once: (name, ignored, index of a transposed flag, may be opened)."""
+        name = op_name(func)
+        wanted = self._decompose is True or (
+            bool(self._decompose) and name in self._decompose  # type: ignore[operator]
+        )
+        openable = (
+            wanted
+            and name not in NEVER_DECOMPOSE
+            and any(
+                torch._C._dispatch_has_kernel_for_dispatch_key(name, k) for k in _COMPOSITE_KEYS
             )
-            self._decomposable[name] = known
-        return known
+        )
+        facts = (name, name.startswith(_IGNORED_NAMESPACES), _TRANSPOSED_ARG.get(name), openable)
+        self._ops[func] = facts
+        return facts
 
     # -- the hook ------------------------------------------------------------------------
     @classmethod
@@ -264,8 +303,9 @@ class Recorder(TorchDispatchMode):
 
     def _dispatch(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
-        name = op_name(func)
-        if name.startswith(_IGNORED_NAMESPACES):  # bookkeeping, not computation: on purpose
+        facts = self._ops.get(func) or self._facts(func)
+        name, ignored, flag, openable = facts
+        if ignored:  # bookkeeping, not computation: on purpose
             return func(*args, **kwargs)
         inputs, in_dev = self._metas(args)
         if kwargs:
@@ -273,26 +313,23 @@ class Recorder(TorchDispatchMode):
             inputs += kw_inputs
             in_dev = in_dev or kw_dev
         index = next(self._counter)
-        parent = self._stack[-1][0] if self._stack else None
-        opened = (
-            self._decompose
-            and self._can_decompose(name)
-            and all(op != name for _, op in self._stack)
-            and _plain(args)
-        )
-        if opened:
-            self._stack.append((index, name))
+        stack = self._stack
+        parent = stack[-1][0] if stack else None
+        extra: dict[str, Any] | None = None
+        if openable and all(op != name for _, op in stack) and _plain(args):
+            stack.append((index, name))
             try:
                 with self:
                     result = self._run_composite(func, args, kwargs)
             finally:
-                self._stack.pop()
-            extra: dict[str, Any] = {}
+                stack.pop()
+        elif in_dev and self._handler is not None:
+            result = self._handler(func, types, args, kwargs)
         else:
             result, extra = self.run(func, name, args, kwargs)
-        flag = _TRANSPOSED_ARG.get(name)
         if flag is not None and len(args) > flag and args[flag] is True:
-            extra = {**extra, "notes": (*extra.get("notes", ()), TRANSPOSED)}
+            extra = dict(extra or {})
+            extra["notes"] = (*extra.get("notes", ()), TRANSPOSED)
         outputs, out_dev = self._metas(result if isinstance(result, (list, tuple)) else (result,))
         if self._is_on_device is not None and not (in_dev or out_dev) and parent is None:
             self.cpu_work[name] = self.cpu_work.get(name, 0) + 1
@@ -307,27 +344,18 @@ class Recorder(TorchDispatchMode):
         parent: int | None,
         inputs: tuple[TensorMeta, ...],
         outputs: tuple[TensorMeta, ...],
-        extra: dict[str, Any],
+        extra: dict[str, Any] | None,
     ) -> None:
         # Calls are filed as they finish (a composite after its children); ``trace`` sorts.
-        call = OpCall(
-            index=index,
-            op=name,
-            parent=parent,
-            module=self._module(),
-            backward=self._tracker.is_bw,
-            source=self._source(),
-            inputs=inputs,
-            outputs=outputs,
-            **extra,
-        )
+        module, backward = self._tracker.where()
+        code, line = self._source()
+        row = (index, name, parent, module, backward, code, line, inputs, outputs, extra)
+        if self.sink is None:
+            self._rows.append(row)
+            return
+        call = self._build(row)
         self.calls.append(call)
-        if self.sink is not None:
-            self.sink(call)
-
-    def trace(self) -> list[OpCall]:
-        """The records in call order (a composite before the ops it ran)."""
-        return sorted(self.calls, key=lambda c: c.index)
+        self.sink(call)
 
     def _run_composite(self, func, args, kwargs):
         for key in _COMPOSITE_KEYS:
@@ -335,9 +363,9 @@ class Recorder(TorchDispatchMode):
                 return func._op_dk(key, *args, **kwargs)
         return func(*args, **kwargs)
 
-    def run(self, func, name: str, args: tuple, kwargs: dict) -> tuple[Any, dict[str, Any]]:
+    def run(self, func, name: str, args: tuple, kwargs: dict) -> tuple[Any, dict[str, Any] | None]:
         """Run one op for real; live collectors override this to gather evidence."""
-        return func(*args, **kwargs), {}
+        return func(*args, **kwargs), None
 
     # -- composite ops that decompose above the dispatch mode ---------------------------
     @contextmanager
@@ -353,4 +381,4 @@ class Recorder(TorchDispatchMode):
             yield
         finally:
             self._stack.pop()
-        self._file(index, name, parent, inputs, (), {})
+        self._file(index, name, parent, inputs, (), None)

@@ -1,0 +1,70 @@
+"""Which module each recorded op is attributed to, forward and backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.modules import module as nn_module
+
+from fallback_probe.api import Probe
+from fallback_probe.records import OpCall
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x).sigmoid()
+
+
+def _where(trace: list[OpCall], op: str) -> set[tuple[str, bool]]:
+    return {(c.module, c.backward) for c in trace if c.op == op}
+
+
+@pytest.mark.parametrize("emulate", [False, True])
+def test_backward_ops_name_the_module_whose_forward_made_them(emulate: bool) -> None:
+    with Probe(mode="predict", torch_version="2.13.0", emulate=emulate) as p:
+        device = "mps" if torch.backends.mps.is_available() else "cpu"
+        net = Net().to(device)
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        loss = net(torch.randn(3, 4, device=device)).sum()
+        loss.backward()
+        opt.step()
+    trace = p.trace
+    assert _where(trace, "aten::relu") == {("body.1", False)}
+    assert _where(trace, "aten::threshold_backward") == {("body.1", True)}
+    assert _where(trace, "aten::sigmoid") == {("Net", False)}
+    assert _where(trace, "aten::sigmoid_backward") == {("Net", True)}
+    assert ("body.0", False) in _where(trace, "aten::addmm")
+    assert ("body.2", True) in _where(trace, "aten::mm")  # the weight gradient of body.2
+    assert _where(trace, "aten::sum") == {("", False)}  # outside every module
+    assert ("", True) in _where(trace, "aten::expand")  # sum's backward: top level too
+
+
+def test_a_module_that_raises_is_closed_and_nothing_is_left_behind() -> None:
+    class Boom(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = x.exp()
+            raise ValueError("boom")
+
+    hooks = (len(nn_module._global_forward_pre_hooks), len(nn_module._global_forward_hooks))
+    with Probe(mode="predict", torch_version="2.13.0", emulate=False) as p:
+        with pytest.raises(ValueError):
+            Boom()(torch.randn(2))
+        torch.randn(2).cos()
+    assert _where(p.trace, "aten::exp") == {("Boom", False)}
+    assert _where(p.trace, "aten::cos") == {("", False)}
+    assert (len(nn_module._global_forward_pre_hooks), len(nn_module._global_forward_hooks)) == hooks
+
+
+def test_a_graph_built_before_the_probe_is_attributed_to_no_module() -> None:
+    lin = nn.Linear(2, 2)
+    out = lin(torch.randn(1, 2)).sum()
+    with Probe(mode="predict", torch_version="2.13.0", emulate=False) as p:
+        out.backward()
+    assert {c.module for c in p.trace} == {""}
+    forward = [c.op for c in p.trace if not c.backward and c.parent is None]
+    assert forward == ["aten::ones_like"]  # the seed gradient, made before the engine runs
