@@ -250,17 +250,16 @@ class Emulation:
         dtype: torch.dtype | None,
         memory_format: torch.memory_format | None,
     ) -> torch.Tensor:
-        dtype = t.dtype if dtype is None else dtype
-        self._check_dtype(dtype)
+        # One aten::_to_copy, the op a Mac's dispatcher sees for a transfer (its body makes the
+        # destination through the factory kernels and copies into it).
+        self._check_dtype(t.dtype if dtype is None else dtype)
         with torch.no_grad():
-            dst = torch.empty_like(
+            return torch.ops.aten._to_copy.default(
                 t,
                 dtype=dtype,
                 device=MPS_DEVICE,
                 memory_format=memory_format or torch.preserve_format,
             )
-            dst.copy_(t)
-        return dst
 
     def _to(self, t: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
         """``Tensor.to`` when the source or the target is mps."""

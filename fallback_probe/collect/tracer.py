@@ -265,6 +265,16 @@ class Recorder(TorchDispatchMode):
             found = self._tensor_metas[key] = _meta(t, on_device)
         return found
 
+    def _openable_here(self, args: tuple, kwargs: dict) -> bool:
+        """Under emulation, a composite on the emulated device is judged by its status, not
+        opened: neither one taking its tensors nor one creating tensors there."""
+        if not _plain(args):
+            return False
+        if self._handler is None:
+            return True
+        device = kwargs.get("device")
+        return not (isinstance(device, torch.device) and device.type == "mps")
+
     def _facts(self, func: Any) -> tuple[str, bool, int | None, bool]:
         """Per overload, once: (name, ignored, index of a transposed flag, may be opened)."""
         name = op_name(func)
@@ -316,7 +326,7 @@ class Recorder(TorchDispatchMode):
         stack = self._stack
         parent = stack[-1][0] if stack else None
         extra: dict[str, Any] | None = None
-        if openable and all(op != name for _, op in stack) and _plain(args):
+        if openable and all(op != name for _, op in stack) and self._openable_here(args, kwargs):
             stack.append((index, name))
             try:
                 with self:
