@@ -113,7 +113,7 @@ class Probe:
         self._recorder = stack.enter_context(live_recording(rec))
 
     def _enter_predict(self, stack: ExitStack) -> None:
-        from fallback_probe.collect.intercept import intercepting
+        from fallback_probe.collect.intercept import directly_registered_composites, intercepting
         from fallback_probe.collect.tracer import Recorder
 
         is_on_device = handler = None
@@ -125,22 +125,21 @@ class Probe:
             handler = self._emulation.dispatch
         elif self.backing == "meta":
             self._col.limits.append("--device meta needs emulation; ran on the CPU instead.")
-        rec = Recorder(is_on_device=is_on_device, decompose=self._composites(), handler=handler)
+        lists = self._judged_lists()
+        rec = Recorder(is_on_device=is_on_device, decompose=_composites_of(lists), handler=handler)
         rec.sink = self.sink
         stack.enter_context(rec)
-        stack.enter_context(intercepting(rec))
+        stack.enter_context(intercepting(rec, directly_registered_composites(lists)))
         self._recorder = rec
 
-    def _composites(self) -> frozenset[str]:
-        """Ops worth opening: composite in a judged release. Native and missing ops are
-        judged whole, so running their composite body would only cost time."""
+    def _judged_lists(self) -> tuple[OpList, ...]:
         from fallback_probe import oplists
         from fallback_probe.verdicts import target_releases
 
         if self.oplist is not None:
-            return _composites_of((self.oplist,))
+            return (self.oplist,)
         _, releases, _ = target_releases(self.torch_version, self._col.host.torch)
-        return _composites_of(tuple(oplists.load(r) for r in releases))
+        return tuple(oplists.load(r) for r in releases)
 
     def __exit__(
         self,
@@ -186,6 +185,8 @@ class Probe:
 
 @lru_cache(maxsize=8)
 def _composites_of(lists: tuple[OpList, ...]) -> frozenset[str]:
+    """Ops worth opening: composite in a judged release. Native and missing ops are judged
+    whole, so running their composite body would only cost time."""
     # Cached: the plugin opens a probe per test, and walking 3,000 entries costs ~2 ms.
     return frozenset(
         e.op

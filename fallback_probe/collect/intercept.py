@@ -18,17 +18,21 @@ from torch._C import DispatchKey
 
 from fallback_probe import oplists
 from fallback_probe.collect.tracer import Recorder
+from fallback_probe.oplists import OpList
 from fallback_probe.records import OpStatus
 
 _KEYS = ("AutogradCPU", "AutogradMeta")
 
 
-@lru_cache(maxsize=1)
-def directly_registered_composites() -> tuple[str, ...]:
-    """Ops that are explicit fallbacks in some listed release and composite in this torch."""
+@lru_cache(maxsize=8)
+def directly_registered_composites(lists: tuple[OpList, ...] | None = None) -> tuple[str, ...]:
+    """Ops that are explicit fallbacks in a judged release (every listed one if ``lists`` is
+    None) and composite in this torch. Only the judged releases matter: the trace is judged
+    against them alone, and reading all 16 lists would cost ~0.1 s per process."""
+    if lists is None:
+        lists = tuple(oplists.load(r) for r in oplists.releases())
     names: set[str] = set()
-    for release in oplists.releases():
-        ol = oplists.load(release)
+    for ol in lists:
         for op in ol.ops():
             entry = ol.get(op)
             if entry is not None and entry.status is OpStatus.EXPLICIT_FALLBACK:
