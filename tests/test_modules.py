@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -68,3 +71,38 @@ def test_a_graph_built_before_the_probe_is_attributed_to_no_module() -> None:
     assert {c.module for c in p.trace} == {""}
     forward = [c.op for c in p.trace if not c.backward and c.parent is None]
     assert forward == ["aten::ones_like"]  # the seed gradient, made before the engine runs
+
+
+def _line() -> int:
+    frame = inspect.currentframe()
+    assert frame is not None and frame.f_back is not None
+    return frame.f_back.f_lineno
+
+
+def test_each_op_names_the_user_line_that_led_to_it() -> None:
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, foreach=False)
+    here = f"{os.path.relpath(__file__)}:"
+    with Probe(mode="predict", torch_version="2.13.0", emulate=False) as p:
+        forward = _line() + 1
+        loss = net(torch.randn(2, 4)).sum()
+        backward = _line() + 1
+        loss.backward()
+        step = _line() + 1
+        opt.step()
+        again = _line() + 1
+        net(torch.randn(2, 4)).relu()
+        first, second = _line() + 1, _line() + 2
+        nn.functional.relu(loss)  # one torch Python function, called from two lines in a row
+        nn.functional.relu(loss)
+    lines: dict[str, set[str]] = {}
+    for c in p.trace:
+        if c.parent is None:
+            lines.setdefault(c.source, set()).add(c.op)
+    assert {"aten::addmm", "aten::relu", "aten::sum"} <= lines.pop(here + str(forward))
+    assert "aten::threshold_backward" in lines.pop(here + str(backward))
+    assert "aten::add_.Tensor" in lines.pop(here + str(step))  # SGD's loop, a torch frame
+    assert {"aten::addmm", "aten::relu"} <= lines.pop(here + str(again))
+    assert "aten::relu" in lines.pop(here + str(first))
+    assert "aten::relu" in lines.pop(here + str(second))
+    assert not lines  # nothing without a source, nothing elsewhere

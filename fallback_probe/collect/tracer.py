@@ -8,12 +8,13 @@ adds evidence around each real call (see ``live.py``).
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import os
 import sys
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from types import CodeType
+from types import CodeType, FrameType
 from typing import Any
 
 import torch
@@ -77,7 +78,14 @@ def _plain(args: tuple) -> bool:
     return True
 
 
+def _makes_on_device(kwargs: dict) -> bool:
+    """A ``device="mps"`` argument: a factory or a transfer onto the (emulated) device."""
+    device = kwargs.get("device")
+    return device is not None and getattr(device, "type", None) == "mps"
+
+
 _DYNAMO = "torch._dynamo"
+_SUSPENDABLE = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
 
 # Convolutions route to another MPS kernel when transposed (classify/routes.py): keep the flag.
 _TRANSPOSED_ARG = {
@@ -139,6 +147,10 @@ class Recorder(TorchDispatchMode):
         self._stack: list[tuple[int, str]] = []  # open composite calls: (index, op)
         self._tracker = module_tracker()
         self._internal_code: dict[int, tuple[CodeType, bool]] = {}
+        # The last torch frame that called an op, and the user's frame above it (see _source).
+        # Holding one frame keeps its locals until the next op or the end of the probe.
+        self._last_caller: FrameType | None = None
+        self._last_source: tuple[CodeType | None, int] = (None, 0)
         self._ops: dict[Any, tuple[str, bool, int | None, bool]] = {}
         self.sink: Callable[[OpCall], None] | None = None
         self._counter = itertools.count()
@@ -173,6 +185,7 @@ class Recorder(TorchDispatchMode):
     def _leave_tracker(self, *exc: object) -> None:
         self._depth -= 1
         if self._depth == 0:
+            self._last_caller = None
             self._tracker.__exit__(*exc)
 
     # -- the records ---------------------------------------------------------------------
@@ -212,23 +225,46 @@ class Recorder(TorchDispatchMode):
     def _source(self) -> tuple[CodeType | None, int]:
         """The innermost frame of the user's code: (code, line)."""
         frame = sys._getframe(2)
-        cache = self._internal_code
-        while frame is not None:
-            code = frame.f_code
-            # Keyed by id: hashing a code object hashes its bytecode, constants and names
-            # (~0.5 us, for each of the ~7-15 frames walked per op). The entry holds the code
-            # object, so its id cannot be reused while the entry exists.
-            entry = cache.get(id(code))
-            if entry is not None and entry[0] is code:
-                internal = entry[1]
-            else:
-                fn = code.co_filename
-                internal = fn.startswith(_INTERNAL_PREFIXES) or fn.startswith("<frozen")
-                cache[id(code)] = (code, internal)
-            if not internal:
-                return code, frame.f_lineno
+        # The frame that called the op sits just above the innermost __torch_dispatch__.
+        for _ in range(4):
+            if frame is None or frame.f_code is _DISPATCH_CODE:
+                break
             frame = frame.f_back
-        return None, 0
+        else:
+            frame = None
+        caller = frame.f_back if frame is not None else sys._getframe(2)
+        if caller is None:
+            return None, 0
+        if not self._internal(caller.f_code):
+            return caller.f_code, caller.f_lineno
+        # A torch function issuing several ops (an optimizer loop, a module's forward, the
+        # autograd engine) is one live frame: its callers sit still while it runs, so the
+        # user's frame found above it is the same until another frame calls an op.
+        if caller is self._last_caller:
+            return self._last_source
+        # A generator's frame can be resumed from elsewhere between two of its ops: no cache.
+        cacheable = not caller.f_code.co_flags & _SUSPENDABLE
+        frame = caller.f_back
+        found: tuple[CodeType | None, int] = (None, 0)
+        while frame is not None:
+            if not self._internal(frame.f_code):
+                found = (frame.f_code, frame.f_lineno)
+                break
+            frame = frame.f_back
+        if cacheable:
+            self._last_caller, self._last_source = caller, found
+        return found
+
+    def _internal(self, code: CodeType) -> bool:
+        # Keyed by id: hashing a code object hashes its bytecode, constants and names. The
+        # entry holds the code object, so its id cannot be reused while the entry exists.
+        entry = self._internal_code.get(id(code))
+        if entry is not None and entry[0] is code:
+            return entry[1]
+        fn = code.co_filename
+        internal = fn.startswith(_INTERNAL_PREFIXES) or fn.startswith("<frozen")
+        self._internal_code[id(code)] = (code, internal)
+        return internal
 
     def _path(self, filename: str) -> str:
         path = self._paths.get(filename)
@@ -237,43 +273,39 @@ class Recorder(TorchDispatchMode):
         return path
 
     def _metas(self, values: Any) -> tuple[tuple[TensorMeta, ...], bool]:
+        """Records of the tensors among ``values`` (and inside list arguments), and whether
+        any is on the device. One shared record per dtype, shape and device flag."""
         out: list[TensorMeta] = []
         any_dev = False
         is_dev = self._is_on_device
-        meta = self._meta
+        known = self._tensor_metas
         for v in values:
             if isinstance(v, torch.Tensor):
-                dev = True if is_dev is None else is_dev(v)
+                items: Any = (v,)
+            elif type(v) is list or type(v) is tuple:
+                items = v
+            else:
+                continue
+            for t in items:
+                if not isinstance(t, torch.Tensor):
+                    continue
+                dev = True if is_dev is None else is_dev(t)
                 any_dev = any_dev or dev
-                out.append(meta(v, dev))
-            elif isinstance(v, (list, tuple)):
-                for w in v:
-                    if isinstance(w, torch.Tensor):
-                        dev = True if is_dev is None else is_dev(w)
-                        any_dev = any_dev or dev
-                        out.append(meta(w, dev))
+                try:
+                    key = (t.dtype, t.shape, dev)
+                    found = known.get(key)
+                except TypeError:  # symbolic sizes are not hashable
+                    out.append(_meta(t, dev))
+                    continue
+                if found is None:
+                    found = known[key] = _meta(t, dev)
+                out.append(found)
         return tuple(out), any_dev
-
-    def _meta(self, t: torch.Tensor, on_device: bool) -> TensorMeta:
-        """``_meta``, one shared record per dtype, shape and device flag (records are frozen)."""
-        try:
-            key = (t.dtype, t.shape, on_device)
-            found = self._tensor_metas.get(key)
-        except TypeError:  # symbolic sizes are not hashable
-            return _meta(t, on_device)
-        if found is None:
-            found = self._tensor_metas[key] = _meta(t, on_device)
-        return found
 
     def _openable_here(self, args: tuple, kwargs: dict) -> bool:
         """Under emulation, a composite on the emulated device is judged by its status, not
         opened: neither one taking its tensors nor one creating tensors there."""
-        if not _plain(args):
-            return False
-        if self._handler is None:
-            return True
-        device = kwargs.get("device")
-        return not (isinstance(device, torch.device) and device.type == "mps")
+        return _plain(args) and (self._handler is None or not _makes_on_device(kwargs))
 
     def _facts(self, func: Any) -> tuple[str, bool, int | None, bool]:
         """Per overload, once: (name, ignored, index of a transposed flag, may be opened)."""
@@ -333,7 +365,7 @@ class Recorder(TorchDispatchMode):
                     result = self._run_composite(func, args, kwargs)
             finally:
                 stack.pop()
-        elif in_dev and self._handler is not None:
+        elif self._handler is not None and (in_dev or _makes_on_device(kwargs)):
             result = self._handler(func, types, args, kwargs)
         else:
             result, extra = self.run(func, name, args, kwargs)
@@ -392,3 +424,6 @@ class Recorder(TorchDispatchMode):
         finally:
             self._stack.pop()
         self._file(index, name, parent, inputs, (), None)
+
+
+_DISPATCH_CODE = Recorder.__torch_dispatch__.__code__
