@@ -188,12 +188,8 @@ def _composites_of(lists: tuple[OpList, ...]) -> frozenset[str]:
     """Ops worth opening: composite in a judged release. Native and missing ops are judged
     whole, so running their composite body would only cost time."""
     # Cached: the plugin opens a probe per test, and walking 3,000 entries costs ~2 ms.
-    return frozenset(
-        e.op
-        for ol in lists
-        for e in ol.entries()
-        if e.status in (OpStatus.COMPOSITE_EXPLICIT, OpStatus.COMPOSITE_IMPLICIT)
-    )
+    composite = (OpStatus.COMPOSITE_EXPLICIT, OpStatus.COMPOSITE_IMPLICIT)
+    return frozenset(op for ol in lists for op in ol.with_status(*composite))
 
 
 def _describe(exc_type: type[BaseException], exc: BaseException | None) -> str:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from fallback_probe import oplists
 from fallback_probe.classify.live import judge_live
 from fallback_probe.classify.matrix import build_matrix
-from fallback_probe.classify.rules import Judgement, judge
+from fallback_probe.classify.rules import Judgement, judge, judge_all
 from fallback_probe.collect import Collection
 from fallback_probe.errors import ProbeError
 from fallback_probe.oplists import OpList
@@ -93,7 +93,7 @@ def make_report(
             f"Traced with torch {col.host.torch}: where another release decomposes ops "
             "differently above the backend, its trace could differ."
         )
-    per_release = {r: judge(col.trace, oplists.load(r), macos) for r in releases}
+    per_release = judge_all(col.trace, [oplists.load(r) for r in releases], macos)
     matrix = None
     if len(releases) > 1:
         parents = {c.index: c.parent for c in col.trace}

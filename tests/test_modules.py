@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn.modules import module as nn_module
 
 from fallback_probe.api import Probe
+from fallback_probe.collect.modules import LegacyModules, ModuleStack
 from fallback_probe.records import OpCall
 
 
@@ -106,3 +107,17 @@ def test_each_op_names_the_user_line_that_led_to_it() -> None:
     assert "aten::relu" in lines.pop(here + str(first))
     assert "aten::relu" in lines.pop(here + str(second))
     assert not lines  # nothing without a source, nothing elsewhere
+
+
+@pytest.mark.parametrize("tracker", [ModuleStack, LegacyModules])
+def test_both_trackers_name_modules_alike(tracker: type[ModuleStack | LegacyModules]) -> None:
+    """LegacyModules (torch's own tracker) serves builds without sequence-number bindings."""
+    seen: list[tuple[str, bool]] = []
+    net = nn.Sequential(nn.Sequential(nn.Identity()), nn.Identity())
+    t = tracker()
+    for m in (net, net[0][0], net[1]):
+        m.register_forward_pre_hook(lambda *_: seen.append(t.where()))
+    with t:
+        net(torch.randn(1))
+    assert seen == [("Sequential", False), ("0.0", False), ("1", False)]
+    assert t.where() == ("", False)

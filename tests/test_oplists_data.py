@@ -199,6 +199,24 @@ def test_load_file_rejects_corrupt_files(tmp_path: Path) -> None:
         oplists.load_file(path)
     with pytest.raises(oplists.ProbeError, match="cannot read"):
         oplists.load_file(tmp_path / "missing.json")
+    # Entries are made on first use, but every status is checked when the file is read.
+    doc = json.loads(oplists._lists_dir().joinpath("torch-2.13.0.json").read_text())
+    doc["ops"]["aten::relu"] = {"status": "native-ish"}
+    path.write_text(json.dumps(doc))
+    with pytest.raises(oplists.ProbeError, match="entry 'aten::relu' has no valid status"):
+        oplists.load_file(path)
+
+
+def test_a_file_read_lazily_answers_as_one_built_whole() -> None:
+    lazy = oplists.load("2.13.0")
+    eager = oplists.OpList(lazy.torch_version, {e.op: e for e in lazy.entries()})
+    assert len(lazy) == len(eager) and lazy.ops() == eager.ops()
+    assert lazy.counts() == eager.counts()
+    for status in OpStatus:
+        assert sorted(lazy.with_status(status)) == sorted(eager.with_status(status))
+        assert sorted(lazy.with_status(status)) == [
+            e.op for e in lazy.entries() if e.status is status
+        ]
 
 
 def test_load_and_10000_lookups_are_fast() -> None:

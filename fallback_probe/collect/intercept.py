@@ -31,12 +31,7 @@ def directly_registered_composites(lists: tuple[OpList, ...] | None = None) -> t
     against them alone, and reading all 16 lists would cost ~0.1 s per process."""
     if lists is None:
         lists = tuple(oplists.load(r) for r in oplists.releases())
-    names: set[str] = set()
-    for ol in lists:
-        for op in ol.ops():
-            entry = ol.get(op)
-            if entry is not None and entry.status is OpStatus.EXPLICIT_FALLBACK:
-                names.add(op)
+    names = {op for ol in lists for op in ol.with_status(OpStatus.EXPLICIT_FALLBACK)}
     return tuple(sorted(n for n in names if _decomposes_here(n)))
 
 

@@ -100,9 +100,22 @@ def normalize_op(name: str) -> str:
 
 
 class OpList:
-    """One release's (or one live backend's) op statuses."""
+    """One release's (or one live backend's) op statuses.
 
-    __slots__ = ("torch_version", "provenance", "mps_test_expectations", "_entries", "_names")
+    A list read from a file keeps its JSON entries and makes an ``OpEntry`` only when one is
+    asked for: a probe looks up a few hundred of ~3,000 ops, and ``--torch-version all``
+    reads 16 lists in each of the CLI's two processes.
+    """
+
+    __slots__ = (
+        "torch_version",
+        "provenance",
+        "_expectations",
+        "_raw_expectations",
+        "_entries",
+        "_raw",
+        "_names",
+    )
 
     def __init__(
         self,
@@ -113,23 +126,60 @@ class OpList:
     ) -> None:
         self.torch_version = torch_version
         self.provenance: Mapping[str, str] = MappingProxyType(dict(provenance or {}))
-        self.mps_test_expectations: Mapping[str, DtypeTable] = MappingProxyType(
+        self._expectations: Mapping[str, DtypeTable] | None = MappingProxyType(
             dict(mps_test_expectations or {})
         )
+        self._raw_expectations: Mapping[str, Any] = {}
         self._entries = dict(entries)
+        self._raw: Mapping[str, Mapping[str, Any]] = {}  # op -> JSON entry, when read lazily
         self._names: tuple[str, ...] | None = None
 
-    def get(self, op: str) -> OpEntry | None:
+    @classmethod
+    def from_document(cls, doc: Mapping[str, Any]) -> OpList:
+        """A list from its parsed JSON file; entries are checked as they are first used."""
+        ops = doc["ops"]
+        if not isinstance(ops, dict):
+            raise TypeError("'ops' is not an object")
+        known = {status.value for status in OpStatus}
+        for op, raw in ops.items():  # a cheap check of every entry, so a bad file fails here
+            if not isinstance(raw, dict) or raw.get("status") not in known:
+                raise ValueError(f"entry {op!r} has no valid status")
+        ol = cls(doc["torch_version"], {}, doc["provenance"])
+        ol._raw = ops
+        ol._raw_expectations = doc.get("mps_test_expectations", {})
+        ol._expectations = None
+        return ol
+
+    @property
+    def mps_test_expectations(self) -> Mapping[str, DtypeTable]:
+        if self._expectations is None:
+            self._expectations = MappingProxyType(
+                {
+                    table: {name: _dtypes(value) for name, value in rows.items()}
+                    for table, rows in self._raw_expectations.items()
+                }
+            )
+        return self._expectations
+
+    def _lookup(self, op: str) -> OpEntry | None:
         entry = self._entries.get(op)
         if entry is None:
-            entry = self._entries.get(normalize_op(op))
+            raw = self._raw.get(op)
+            if raw is not None:
+                entry = self._entries[op] = _entry(op, raw)
+        return entry
+
+    def get(self, op: str) -> OpEntry | None:
+        entry = self._lookup(op)
+        if entry is None:
+            entry = self._lookup(normalize_op(op))
         return entry
 
     def __contains__(self, op: object) -> bool:
         return isinstance(op, str) and self.get(op) is not None
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._raw) if self._raw else len(self._entries)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.ops())
@@ -137,11 +187,18 @@ class OpList:
     def ops(self) -> tuple[str, ...]:
         """Every op overload name, sorted."""
         if self._names is None:
-            self._names = tuple(sorted(self._entries))
+            self._names = tuple(sorted(self._raw if self._raw else self._entries))
         return self._names
 
+    def with_status(self, *statuses: OpStatus) -> Iterator[str]:
+        """Names of the ops with one of ``statuses``, without making their entries."""
+        if not self._raw:
+            return (op for op, e in self._entries.items() if e.status in statuses)
+        values = {s.value for s in statuses}
+        return (op for op, raw in self._raw.items() if raw.get("status") in values)
+
     def entries(self) -> Iterator[OpEntry]:
-        return (self._entries[name] for name in self.ops())
+        return (self._lookup(name) for name in self.ops())  # type: ignore[misc]
 
     def near(self, op: str, n: int = 3) -> list[str]:
         """Up to ``n`` known names that look like ``op`` (for "did you mean")."""
@@ -150,12 +207,12 @@ class OpList:
     def counts(self) -> dict[str, int]:
         """Ops per status, in OpStatus order (statuses with no op included as 0)."""
         out = {status.value: 0 for status in OpStatus}
-        for entry in self._entries.values():
+        for entry in self.entries():
             out[entry.status.value] += 1
         return out
 
     def __repr__(self) -> str:
-        return f"OpList(torch_version={self.torch_version!r}, ops={len(self._entries)})"
+        return f"OpList(torch_version={self.torch_version!r}, ops={len(self)})"
 
 
 def near_names(op: str, names: Iterable[str], n: int = 3) -> list[str]:
@@ -242,12 +299,7 @@ def _parse(text: str, where: str) -> OpList:
         doc = json.loads(text)
         if doc.get("format") != FORMAT:
             raise ValueError(f"format {doc.get('format')!r}, expected {FORMAT}")
-        entries = {op: _entry(op, raw) for op, raw in doc["ops"].items()}
-        expectations = {
-            table: {name: _dtypes(value) for name, value in rows.items()}
-            for table, rows in doc.get("mps_test_expectations", {}).items()
-        }
-        return OpList(doc["torch_version"], entries, doc["provenance"], expectations)
+        return OpList.from_document(doc)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ProbeError(f"corrupt operator list {where}: {exc}") from exc
 
