@@ -6,8 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+from fallback_probe import oplists
 from fallback_probe.api import Probe
-from fallback_probe.records import Verdict
+from fallback_probe.oplists import OpEntry, OpList
+from fallback_probe.records import OpStatus, Verdict
 
 
 def _verdicts(torch_version: str, fn, **kw) -> dict[str, Verdict]:
@@ -141,3 +143,19 @@ def test_transposed_convolution_is_routed_to_its_own_mps_kernels() -> None:
     assert v["aten::_mps_convolution_transpose"] is Verdict.NATIVE
     assert v["aten::mps_convolution_transpose_backward"] is Verdict.NATIVE
     assert "aten::_mps_convolution" not in v
+
+
+def test_view_composites_are_judged_whole_when_what_they_reach_is_native() -> None:
+    x = torch.randn(2, 3)
+    with Probe(mode="predict", torch_version="2.13.0", emulate=False) as p:
+        x.t()
+    assert [c.op for c in p.trace] == ["aten::t"]
+    assert {r.op: r.verdict for r in p.report.ops} == {"aten::t": Verdict.NATIVE}
+    # Where as_strided has no kernel, the view is opened and its parts are judged.
+    base = oplists.load("2.13.0")
+    entries = {e.op: e for e in base.entries()}
+    entries["aten::as_strided"] = OpEntry("aten::as_strided", OpStatus.MISSING)
+    with Probe(mode="predict", oplist=OpList("custom", entries), emulate=False) as p:
+        x.t()
+    assert [c.op for c in p.trace] == ["aten::t", "aten::transpose.int", "aten::as_strided"]
+    assert {r.op: r.verdict for r in p.report.ops} == {"aten::as_strided": Verdict.FALLBACK}

@@ -78,6 +78,14 @@ def _plain(args: tuple) -> bool:
     return True
 
 
+def _returns_view(func: Any) -> bool:
+    """Every result aliases an input without writing it (``Tensor(a) self -> Tensor(a)``)."""
+    returns = func._schema.returns
+    return bool(returns) and all(
+        r.alias_info is not None and not r.alias_info.is_write for r in returns
+    )
+
+
 def _makes_on_device(kwargs: dict) -> bool:
     """A ``device="mps"`` argument: a factory or a transfer onto the (emulated) device."""
     device = kwargs.get("device")
@@ -130,6 +138,9 @@ class Recorder(TorchDispatchMode):
 
     ``handler`` is the emulated device's ``__torch_dispatch__``: an op on its tensors is handed
     to it directly instead of going back through the dispatcher (one Python layer per op).
+    ``open_views=False`` judges composite view ops (``t``, ``transpose``, ``expand``) whole:
+    their bodies only reach other views and ``as_strided``, so when those are native in every
+    judged release, opening them would cost two dispatch levels and tell nothing.
     """
 
     def __init__(
@@ -138,8 +149,10 @@ class Recorder(TorchDispatchMode):
         is_on_device: Callable[[torch.Tensor], bool] | None = None,
         decompose: bool | Collection[str] = False,
         handler: Callable[..., Any] | None = None,
+        open_views: bool = True,
     ) -> None:
         super().__init__()
+        self._open_views = open_views
         self.cpu_work: dict[str, int] = {}
         self._is_on_device = is_on_device
         self._decompose = decompose
@@ -316,6 +329,7 @@ class Recorder(TorchDispatchMode):
         openable = (
             wanted
             and name not in NEVER_DECOMPOSE
+            and (self._open_views or not _returns_view(func))
             and any(
                 torch._C._dispatch_has_kernel_for_dispatch_key(name, k) for k in _COMPOSITE_KEYS
             )
