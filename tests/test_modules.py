@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 
@@ -120,4 +121,36 @@ def test_both_trackers_name_modules_alike(tracker: type[ModuleStack | LegacyModu
     with t:
         net(torch.randn(1))
     assert seen == [("Sequential", False), ("0.0", False), ("1", False)]
+    assert t.where() == ("", False)
+
+
+def test_a_caught_error_inside_a_module_leaves_the_stack_right() -> None:
+    class Inner(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise ValueError("inner")
+
+    class Outer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = Inner()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            with contextlib.suppress(ValueError):
+                self.inner(x)
+            return x.neg()  # Outer's own op, after Inner failed
+
+    with Probe(mode="predict", torch_version="2.13.0", emulate=False) as p:
+        Outer()(torch.randn(2))
+        torch.randn(2).abs()
+    assert _where(p.trace, "aten::neg") == {("Outer", False)}
+    assert _where(p.trace, "aten::abs") == {("", False)}
+
+
+def test_without_always_call_a_returning_module_closes_the_ones_left_open_inside() -> None:
+    outer, inner = nn.Sequential(nn.Identity()), nn.Identity()
+    t = ModuleStack()
+    t._fw_pre_hook(outer, ())
+    t._fw_pre_hook(inner, ())  # raises: no post hook (torch without always_call)
+    assert t.where() == ("Identity", False)
+    t._fw_post_hook(outer, (), None)
     assert t.where() == ("", False)

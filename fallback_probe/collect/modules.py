@@ -59,8 +59,10 @@ class ModuleStack(ModuleTracker):
         opened = self._open
         if opened and opened[-1] == name:
             opened.pop()
-        elif name in opened:  # a forward that raised inside a hook-less caller
-            del opened[len(opened) - 1 - opened[::-1].index(name)]
+        elif name in opened:
+            # Modules above it on the stack ended without their hook (a forward raised, and
+            # a torch without always_call): they cannot be running once this one returns.
+            del opened[len(opened) - 1 - opened[::-1].index(name) :]
         self._stamp(opened[-1] if opened else "")
 
     def _stamp(self, owner: str) -> None:
@@ -73,8 +75,12 @@ class ModuleStack(ModuleTracker):
 
     def __enter__(self) -> ModuleStack:
         self._fw_pre_handle = register_module_forward_pre_hook(self._fw_pre_hook)
-        # always_call: a forward that raises still closes its module.
-        self._fw_post_handle = register_module_forward_hook(self._fw_post_hook, always_call=True)
+        try:  # always_call: a forward that raises still closes its module
+            self._fw_post_handle = register_module_forward_hook(
+                self._fw_post_hook, always_call=True
+            )
+        except TypeError:  # a torch without it: _fw_post_hook repairs the stack
+            self._fw_post_handle = register_module_forward_hook(self._fw_post_hook)
         return self
 
     # -- queries -------------------------------------------------------------------------
