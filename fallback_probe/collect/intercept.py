@@ -16,7 +16,6 @@ from functools import lru_cache
 import torch
 from torch._C import DispatchKey
 
-from fallback_probe import oplists
 from fallback_probe.collect.tracer import Recorder
 from fallback_probe.oplists import OpList
 from fallback_probe.records import OpStatus
@@ -25,12 +24,9 @@ _KEYS = ("AutogradCPU", "AutogradMeta")
 
 
 @lru_cache(maxsize=8)
-def directly_registered_composites(lists: tuple[OpList, ...] | None = None) -> tuple[str, ...]:
-    """Ops that are explicit fallbacks in a judged release (every listed one if ``lists`` is
-    None) and composite in this torch. Only the judged releases matter: the trace is judged
-    against them alone, and reading all 16 lists would cost ~0.1 s per process."""
-    if lists is None:
-        lists = tuple(oplists.load(r) for r in oplists.releases())
+def directly_registered_composites(lists: tuple[OpList, ...]) -> tuple[str, ...]:
+    """Ops that are explicit fallbacks in a judged release and composite in this torch. Only
+    the judged releases matter: the trace is judged against them alone."""
     names = {op for ol in lists for op in ol.with_status(OpStatus.EXPLICIT_FALLBACK)}
     return tuple(sorted(n for n in names if _decomposes_here(n)))
 
@@ -50,8 +46,8 @@ def _overload(name: str) -> torch._ops.OpOverload:
 
 
 @contextmanager
-def intercepting(recorder: Recorder, names: Iterable[str] | None = None) -> Iterator[None]:
-    names = directly_registered_composites() if names is None else tuple(names)
+def intercepting(recorder: Recorder, names: Iterable[str]) -> Iterator[None]:
+    names = tuple(names)
     if not names:
         yield
         return
