@@ -159,3 +159,23 @@ def test_view_composites_are_judged_whole_when_what_they_reach_is_native() -> No
         x.t()
     assert [c.op for c in p.trace] == ["aten::t", "aten::transpose.int", "aten::as_strided"]
     assert {r.op: r.verdict for r in p.report.ops} == {"aten::as_strided": Verdict.FALLBACK}
+
+
+def test_a_compiled_function_is_recorded_and_dynamo_never_traces_the_probe(
+    recwarn: pytest.WarningsRecorder,
+) -> None:
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return (x.sin() + 1).relu()
+
+    g = torch.compile(f, backend="eager")
+    with Probe(mode="predict", torch_version="2.13.0", emulate=False) as p:
+        x = torch.randn(4)
+        g(x)
+        g(x)
+    body = {"aten::sin", "aten::add.Tensor", "aten::relu"}
+    assert [c.op for c in p.trace if c.op in body] == [
+        "aten::sin",
+        "aten::add.Tensor",
+        "aten::relu",
+    ] * 2
+    assert not [w for w in recwarn if "ynamo" in str(w.message)]
