@@ -79,6 +79,9 @@ def test_backward_and_optimizer_fallbacks_name_their_module(live_report: dict) -
     natives = {op for op, v in rows if v == "native"}
     assert {"aten::addmm", "aten::relu"} <= natives
     assert "body.1" in rows[("aten::relu", "native")]["modules"]
+    # Backward ops name the module whose forward made them, whichever thread runs them.
+    backward = rows[("aten::threshold_backward.grad_input", "fallback")]["modules"]
+    assert backward == ["body.1 (backward)"]
 
 
 def test_explicit_registration_on_a_composite_is_reported_at_that_op(live_report: dict) -> None:

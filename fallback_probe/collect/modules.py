@@ -24,6 +24,7 @@ from torch.utils.module_tracker import ModuleTracker
 _peek = getattr(torch._C._autograd, "_get_sequence_nr", None)
 _current_node = getattr(torch._C, "_current_autograd_node", None)
 _graph_task = torch._C._current_graph_task_id
+_NO_SEQUENCE = 2**64 - 1  # what AccumulateGrad nodes carry
 
 # Sequence numbers only work where torch exposes both ends; older builds use ModuleTracker.
 SUPPORTED = _peek is not None and _current_node is not None
@@ -92,10 +93,11 @@ class ModuleStack(ModuleTracker):
         if node is None:  # an engine callback, outside any node
             return "", True
         seq = node._sequence_nr()
-        # AccumulateGrad and nodes made before the probe are nobody's: their number is
-        # beyond the counter (UINT64_MAX) or before the first stamp.
+        # AccumulateGrad (UINT64_MAX) and nodes made before the probe (before the first
+        # stamp) are nobody's. The engine may run a device's backward on its own thread,
+        # whose counter says nothing about the forward thread's numbers: only stamps count.
         i = bisect_right(self._stamps, seq) - 1
-        if i < 0 or seq >= _peek():  # type: ignore[misc]
+        if i < 0 or seq == _NO_SEQUENCE:
             return "", True
         return self._owners[i], True
 
