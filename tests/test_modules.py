@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -154,3 +155,16 @@ def test_without_always_call_a_returning_module_closes_the_ones_left_open_inside
     assert t.where() == ("Identity", False)
     t._fw_post_hook(outer, (), None)
     assert t.where() == ("", False)
+
+
+def test_sources_stay_absolute_when_the_working_directory_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    with Probe(mode="predict", torch_version="2.13.0", emulate=False) as p:
+        line = _line() + 1
+        torch.randn(4).exp()
+    assert {c.source for c in p.trace if c.op == "aten::exp"} == {f"{__file__}:{line}"}

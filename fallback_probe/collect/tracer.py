@@ -142,8 +142,8 @@ _get_frame_hook = getattr(
 )
 
 
-def _display_path(filename: str, cwd: str) -> str:
-    if filename.startswith("<"):
+def _display_path(filename: str, cwd: str | None) -> str:
+    if filename.startswith("<") or cwd is None:
         return filename
     try:
         rel = os.path.relpath(filename, cwd)
@@ -199,7 +199,10 @@ class Recorder(TorchDispatchMode):
         self._rows: list[_Row] = []  # filed, not yet made into OpCalls
         self._calls: list[OpCall] = []
         # Sources are shown relative to where the run started (one getcwd, not one per op).
-        self._cwd = os.getcwd()
+        try:
+            self._cwd: str | None = os.getcwd()
+        except OSError:  # the working directory was removed: show absolute paths
+            self._cwd = None
         self._paths: dict[str, str] = {}
         self._tensor_metas: dict[tuple[torch.dtype, torch.Size, bool], TensorMeta] = {}
 
