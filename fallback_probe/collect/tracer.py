@@ -114,6 +114,12 @@ _without_dynamo = (
 )
 
 
+_get_frame_hook = getattr(
+    getattr(getattr(torch._C, "_dynamo", None), "eval_frame", None), "get_eval_frame_callback", None
+)
+_dynamo_told = False  # dynamo was told never to trace __torch_dispatch__
+
+
 def _dynamo_frame_hook() -> bool:
     """Whether dynamo's frame-evaluation hook is set (a compiled function is running). The
     disable wrapper only swaps that hook out and back: with none set it changes nothing and
@@ -121,25 +127,18 @@ def _dynamo_frame_hook() -> bool:
     return _get_frame_hook is None or _get_frame_hook() is not None
 
 
-_skipped: list[bool] = []
-
-
 def _skip_dispatch_frames() -> None:
     """Tell dynamo never to trace ``__torch_dispatch__`` itself, as torch's own wrapper would
     (see ``_should_skip_dynamo``): done once dynamo is imported, before a compiled function
     can run into it (importing dynamo sets no frame hook; calling a compiled function does)."""
-    _skipped.append(True)
+    global _dynamo_told
+    _dynamo_told = True
     try:
         from torch._dynamo.eval_frame import skip_code
 
         skip_code(_DISPATCH_CODE)
     except (ImportError, AttributeError):  # another torch: the disable wrapper still applies
         pass
-
-
-_get_frame_hook = getattr(
-    getattr(getattr(torch._C, "_dynamo", None), "eval_frame", None), "get_eval_frame_callback", None
-)
 
 
 def _display_path(filename: str, cwd: str | None) -> str:
@@ -208,7 +207,7 @@ class Recorder(TorchDispatchMode):
 
     # -- context -------------------------------------------------------------------------
     def __enter__(self) -> Recorder:
-        if _DYNAMO in sys.modules and not _skipped:
+        if _DYNAMO in sys.modules and not _dynamo_told:
             _skip_dispatch_frames()
         if self._depth == 0:
             # Entered once: a second __enter__ would register a second pair of global module
@@ -382,7 +381,7 @@ class Recorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
         if _DYNAMO in sys.modules and _without_dynamo is not None:
-            if not _skipped:
+            if not _dynamo_told:
                 _skip_dispatch_frames()
             if not _dynamo_frame_hook():
                 return self._dispatch(func, types, args, kwargs)
