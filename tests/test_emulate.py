@@ -391,8 +391,9 @@ def test_an_outer_dispatch_mode_sees_emulated_tensors(order: str) -> None:
     assert ("aten::threshold_backward", [True, True]) in seen
 
 
-def test_everything_is_restored_even_when_the_body_raises() -> None:
-    before = {
+def _patched_state() -> dict[str, object]:
+    """What emulation patches, as seen from outside."""
+    return {
         "to": "to" in vars(torch.Tensor),
         "data": "data" in vars(torch.Tensor),
         "tensor": torch.tensor,
@@ -401,21 +402,16 @@ def test_everything_is_restored_even_when_the_body_raises() -> None:
         "modes": torch._C._len_torch_function_stack(),
         "registry": list(torch.serialization._package_registry),
     }
+
+
+def test_everything_is_restored_even_when_the_body_raises() -> None:
+    before = _patched_state()
     for backing in ("cpu", "meta"):
         with pytest.raises(ValueError), emulated_mps(backing):
             torch.set_default_device("mps")
             with torch.device("mps"):
                 raise ValueError("the user's script failed")
-        after = {
-            "to": "to" in vars(torch.Tensor),
-            "data": "data" in vars(torch.Tensor),
-            "tensor": torch.tensor,
-            "load": torch.load,
-            "available": torch.backends.mps.is_available,
-            "modes": torch._C._len_torch_function_stack(),
-            "registry": list(torch.serialization._package_registry),
-        }
-        assert after == before
+        assert _patched_state() == before
         assert torch.get_default_device() == torch.device("cpu")
         assert not torch.backends.mps.is_available()
         with pytest.raises((RuntimeError, NotImplementedError)):

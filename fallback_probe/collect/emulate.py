@@ -239,7 +239,7 @@ class Emulation:
         dtype: torch.dtype | None,
         memory_format: torch.memory_format | None,
     ) -> torch.Tensor:
-        """Plain tensor -> mps: a fresh mps tensor and a copy, as a device transfer is."""
+        """Plain tensor -> mps, as ``aten::_to_copy`` (keeping the graph when it needs grad)."""
         if t.requires_grad and torch.is_grad_enabled():
             return _ToMPS.apply(t, dtype, memory_format)
         return self._raw_to_mps(t, dtype, memory_format)

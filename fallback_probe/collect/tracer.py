@@ -191,7 +191,7 @@ class Recorder(TorchDispatchMode):
         # Holding one frame keeps its locals until the next op or the end of the probe.
         self._last_caller: FrameType | None = None
         self._last_source: tuple[CodeType | None, int] = (None, 0)
-        self._ops: dict[Any, tuple[str, bool, int | None, bool]] = {}
+        self._ops: dict[Any, tuple[str, bool, int | None, DispatchKey | None]] = {}
         self.sink: Callable[[OpCall], None] | None = None
         self._counter = itertools.count()
         self._depth = 0  # the mode is re-entered while a composite runs; the tracker is not
@@ -352,21 +352,18 @@ class Recorder(TorchDispatchMode):
         opened: neither one taking its tensors nor one creating tensors there."""
         return _plain(args) and (self._handler is None or not _makes_on_device(kwargs))
 
-    def _facts(self, func: Any) -> tuple[str, bool, int | None, bool]:
-        """Per overload, once: (name, ignored, index of a transposed flag, may be opened)."""
+    def _facts(self, func: Any) -> tuple[str, bool, int | None, DispatchKey | None]:
+        """Per overload, once: (name, ignored, index of a transposed flag, the composite
+        kernel to open it with, if it may be opened)."""
         name = op_name(func)
         wanted = self._decompose is True or (
             bool(self._decompose) and name in self._decompose  # type: ignore[operator]
         )
-        openable = (
-            wanted
-            and name not in NEVER_DECOMPOSE
-            and (self._open_views or not _returns_view(func))
-            and any(
-                torch._C._dispatch_has_kernel_for_dispatch_key(name, k) for k in _COMPOSITE_KEYS
-            )
-        )
-        facts = (name, name.startswith(_IGNORED_NAMESPACES), _TRANSPOSED_ARG.get(name), openable)
+        key = None
+        if wanted and name not in NEVER_DECOMPOSE and (self._open_views or not _returns_view(func)):
+            has = torch._C._dispatch_has_kernel_for_dispatch_key
+            key = next((k for k in _COMPOSITE_KEYS if has(name, k)), None)
+        facts = (name, name.startswith(_IGNORED_NAMESPACES), _TRANSPOSED_ARG.get(name), key)
         self._ops[func] = facts
         return facts
 
@@ -396,7 +393,7 @@ class Recorder(TorchDispatchMode):
     def _dispatch(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
         facts = self._ops.get(func) or self._facts(func)
-        name, ignored, flag, openable = facts
+        name, ignored, flag, composite_key = facts
         if ignored:  # bookkeeping, not computation: on purpose
             return func(*args, **kwargs)
         inputs, in_dev = self._metas(args)
@@ -408,11 +405,15 @@ class Recorder(TorchDispatchMode):
         stack = self._stack
         parent = stack[-1][0] if stack else None
         extra: dict[str, Any] | None = None
-        if openable and all(op != name for _, op in stack) and self._openable_here(args, kwargs):
+        if (
+            composite_key is not None
+            and all(op != name for _, op in stack)
+            and self._openable_here(args, kwargs)
+        ):
             stack.append((index, name))
             try:
                 with self:
-                    result = self._run_composite(func, args, kwargs)
+                    result = func._op_dk(composite_key, *args, **kwargs)
             finally:
                 stack.pop()
         elif self._handler is not None and (in_dev or _makes_on_device(kwargs)):
@@ -448,12 +449,6 @@ class Recorder(TorchDispatchMode):
         call = self._build(row)
         self.calls.append(call)
         self.sink(call)
-
-    def _run_composite(self, func, args, kwargs):
-        for key in _COMPOSITE_KEYS:
-            if torch._C._dispatch_has_kernel_for_dispatch_key(op_name(func), key):
-                return func._op_dk(key, *args, **kwargs)
-        return func(*args, **kwargs)
 
     def run(self, func, name: str, args: tuple, kwargs: dict) -> tuple[Any, dict[str, Any] | None]:
         """Run one op for real; live collectors override this to gather evidence."""
