@@ -31,7 +31,7 @@ def _run_parser() -> argparse.ArgumentParser:
         prog="fallback-probe",
         usage="fallback-probe TARGET [options] [-- script args...]",
         description="Which ops of a PyTorch model fall back from MPS to the CPU. "
-        "Other commands: fallback-probe ops | oplists build | render | diff (each has --help).",
+        "Other commands: fallback-probe ops | oplists build|verify | render | diff (each has --help).",
     )
     p.add_argument("target", help="script.py (run as __main__) or file.py:function")
     add_options(p.add_argument)
@@ -210,11 +210,9 @@ def _dispatch(argv: list[str]) -> int:
 
             return ops_main(rest)
         if cmd == "oplists":
-            if not rest or rest[0] != "build":
-                raise ProbeError("usage: fallback-probe oplists build --torch-version X.Y.Z")
-            from fallback_probe.oplists.cli import build_main
+            from fallback_probe.oplists.cli import oplists_main
 
-            return build_main(rest[1:])
+            return oplists_main(rest)
         if cmd == "render":
             return render_main(rest)
         return diff_main(rest)
