@@ -42,6 +42,11 @@ def _run_parser() -> argparse.ArgumentParser:
         help="predict mode: judge every op as if on MPS instead of emulating an mps device",
     )
     p.add_argument(
+        "--torchvision-version",
+        help="predict mode: judge torchvision:: ops against this torchvision release "
+        "(default: the one paired with each judged torch release)",
+    )
+    p.add_argument(
         "--train",
         action="store_true",
         help="file.py:function targets: also run backward and one optimizer step",
@@ -116,6 +121,11 @@ def run_target(args: argparse.Namespace) -> int:
         from fallback_probe import oplists
 
         oplists.resolve_release(args.torch_version)
+    if args.torchvision_version:
+        from fallback_probe.oplists import torchvision
+
+        chosen = torchvision.document(args.torchvision_version)["torchvision_version"]
+        os.environ[torchvision.ENV] = chosen  # read by oplists.load here and in the child
     env = dict(os.environ)
     env[args.fallback_env or fallback_env_for(args.device_type)] = "1"
     with tempfile.TemporaryDirectory(prefix="fallback-probe-") as tmp:

@@ -83,6 +83,8 @@ def ops_main(argv: list[str]) -> int:
 
 def _ops(args: argparse.Namespace) -> int:
     names = [normalize_op(op) for op in args.ops]
+    if args.torch_version is None and names and all(_is_torchvision(op) for op in names):
+        return _torchvision_history(names, args.format)
     if args.torch_version is None and not names:
         args.torch_version = nearest_release(_installed_torch())
     if args.torch_version is not None:
@@ -139,6 +141,44 @@ def _history(names: list[str], fmt: str) -> int:
         for op in known:
             print(f"{op}: {history_line([oplist.get(op) for oplist in lists], lists)}")
     return _report_unknown(unknown, lambda op: near_names(op, every), "any listed release")
+
+
+def _is_torchvision(op: str) -> bool:
+    return op.startswith("torchvision::")
+
+
+def _torchvision_history(names: list[str], fmt: str) -> int:
+    """Each op's status across the listed torchvision releases (with the torch each pairs)."""
+    from fallback_probe.oplists import torchvision as tv
+
+    lists = [
+        OpList(
+            release,
+            {op: OpEntry.from_json(op, raw) for op, raw in tv.document(release)["ops"].items()},
+        )
+        for release in tv.releases()
+    ]
+    every = sorted({op for oplist in lists for op in oplist.ops()})
+    unknown = [op for op in names if op not in every]
+    known = [op for op in names if op not in unknown]
+    if fmt == "json":
+        doc = {
+            "torchvision_releases": [ol.torch_version for ol in lists],
+            "pairs": dict(tv.PAIRS),
+            "ops": {
+                op: {
+                    ol.torch_version: (e.status.value if (e := ol.get(op)) else None)
+                    for ol in lists
+                }
+                for op in known
+            },
+        }
+        print(json.dumps(doc, indent=2))
+    else:
+        for op in known:
+            line = history_line([ol.get(op) for ol in lists], lists)
+            print(f"{op}: {line} (torchvision releases)")
+    return _report_unknown(unknown, lambda op: near_names(op, every), "any listed torchvision")
 
 
 def _report_unknown(unknown: list[str], suggest: Callable[[str], list[str]], where: str) -> int:
