@@ -179,3 +179,26 @@ def test_ops_prints_history_across_torchvision_releases() -> None:
     assert "torchvision::deform_conv2d: missing 0.15\u20130.22, native since 0.23" in r.stdout
     r = run_cli("ops", "torchvision::nmz")
     assert r.returncode == 2 and "did you mean torchvision::nms" in r.stderr
+
+
+def test_installed_torchvision_is_judged_with_the_installed_torch(monkeypatch) -> None:
+    from importlib import metadata
+
+    versions = {"torch": "2.1.2+cpu", "torchvision": "0.15.2+cpu"}
+    monkeypatch.setattr(metadata, "version", lambda name: versions[name])
+    tv.installed_pair.cache_clear()
+    try:
+        assert tv.installed_pair() == ("2.1.2", "0.15.2")
+        # the installed release is judged with the installed torchvision, others with their pair
+        assert oplists.load("2.1.2").get("torchvision::nms").status is OpStatus.MISSING
+        assert oplists.load("2.2.2").get("torchvision::nms").status is OpStatus.NATIVE
+        versions["torchvision"] = "0.99.0"  # not listed: the pairing table decides
+        tv.installed_pair.cache_clear()
+        assert oplists.load("2.1.2").get("torchvision::nms").status is OpStatus.NATIVE
+    finally:
+        tv.installed_pair.cache_clear()
+
+
+def test_reason_names_the_torchvision_release(standin_all: dict) -> None:
+    rows = {row["op"]: row for row in standin_all["ops"]}
+    assert "torchvision 0.28.0 (with torch 2.13.0)" in json.dumps(rows["torchvision::nms"])

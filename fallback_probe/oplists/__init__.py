@@ -115,6 +115,7 @@ class OpList:
         "_entries",
         "_raw",
         "_names",
+        "_libraries",
     )
 
     def __init__(
@@ -133,6 +134,7 @@ class OpList:
         self._entries = dict(entries)
         self._raw: Mapping[str, Mapping[str, Any]] = {}  # op -> JSON entry, when read lazily
         self._names: tuple[str, ...] | None = None
+        self._libraries: dict[str, str] = {}  # namespace -> release of a merged library list
 
     @classmethod
     def from_document(cls, doc: Mapping[str, Any]) -> OpList:
@@ -174,6 +176,11 @@ class OpList:
         if entry is None:
             entry = self._lookup(normalize_op(op))
         return entry
+
+    def release_of(self, op: str) -> str:
+        """Which release decides ``op``: the torch release, or a merged library's
+        (``torchvision 0.15.2 (with torch 2.0.1)`` for ``torchvision::`` ops)."""
+        return self._libraries.get(op.split("::", 1)[0], self.torch_version)
 
     def __contains__(self, op: object) -> bool:
         return isinstance(op, str) and self.get(op) is not None
@@ -310,7 +317,11 @@ def _parse(text: str, where: str, torchvision: str = "") -> OpList:
             raise ValueError(f"format {doc.get('format')!r}, expected {FORMAT}")
         if torchvision:
             doc = _with_torchvision(doc, torchvision)
-        return OpList.from_document(doc)
+        oplist = OpList.from_document(doc)
+        if torchvision:
+            label = doc["provenance"]["torchvision"].split(".json", 1)[0].replace("-", " ")
+            oplist._libraries["torchvision"] = f"{label} (with torch {oplist.torch_version})"
+        return oplist
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ProbeError(f"corrupt operator list {where}: {exc}") from exc
 

@@ -249,18 +249,42 @@ def document(release: str) -> dict[str, Any]:
 
 def paired(torch_release: str) -> str | None:
     """The torchvision release judged with ``torch_release``: ``--torchvision-version`` (via
-    the environment), else :data:`PAIRS`."""
+    the environment); else, when ``torch_release`` is the installed torch's, the installed
+    torchvision's listed release; else :data:`PAIRS`."""
     chosen = os.environ.get(ENV)
     if chosen:
         return chosen
+    local = installed_pair()
+    if local is not None and local[0] == torch_release:
+        return local[1]
     return PAIRS.get(torch_release)
 
 
-def installed() -> str | None:
-    """The installed torchvision's version, read from its metadata (never imported)."""
+@functools.lru_cache(maxsize=1)
+def installed_pair() -> tuple[str, str] | None:
+    """``(torch release, torchvision release)`` of what is installed, when both are listed.
+
+    Versions are read from package metadata: torchvision is never imported (its compiled
+    ops may not load, as with a CUDA build on a machine without CUDA).
+    """
     from importlib import metadata
 
+    from fallback_probe.oplists import UnknownRelease, resolve_release
+
     try:
-        return metadata.version("torchvision")
+        torch_version, tv_version = metadata.version("torch"), metadata.version("torchvision")
     except metadata.PackageNotFoundError:
+        return None
+    wanted = _minor(tv_version)
+    listed = [r for r in releases() if _minor(r) == wanted]
+    try:
+        return (resolve_release(torch_version), listed[0]) if listed else None
+    except UnknownRelease:
+        return None
+
+
+def _minor(version: str) -> tuple[int, int] | None:
+    try:
+        return version_key(version)[:2]
+    except ValueError:
         return None
