@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from fallback_probe import oplists
 from fallback_probe.oplists import _macho, build, verify
 from tests.machofixture import image
 from tests.test_cli import run_cli
@@ -172,3 +173,12 @@ def test_cli_verify_bad_input_is_one_line(tmp_path: Path) -> None:
     r = run_cli("oplists", "verify", "--wheel", str(tmp_path / "none.whl"))
     assert r.returncode == 2
     assert r.stderr.startswith("fallback-probe: error:") and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("release", oplists.releases())
+def test_every_listed_wheel_agrees_with_the_table(release: str, request) -> None:
+    """All 16 wheels (1.3 GB): only with ``-m slow``; CI checks 2.0.1 above."""
+    if "slow" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("reads 16 torch wheels: run with -m slow")
+    assert verify.verify_wheel(torch_wheel(release)).problems == ()

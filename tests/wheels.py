@@ -40,10 +40,15 @@ def _fetch(package: str, version: str, platform: str) -> Path:
         sys.executable, "-m", "pip", "download", "-q", f"{package}=={version}", "--no-deps",
         "--only-binary=:all:", "--platform", platform, "--python-version", "3.11", "-d", str(dest),
     ]  # fmt: skip
-    try:
-        subprocess.run(cmd, check=True, capture_output=True, timeout=600)
-    except (subprocess.SubprocessError, OSError) as exc:
-        pytest.skip(f"{prefix} macOS wheel not cached and not downloadable: {exc}")
+    error: Exception | None = None
+    for env in (None, {**os.environ, "PIP_CONFIG_FILE": os.devnull}):  # then PyPI itself
+        try:
+            subprocess.run(cmd, check=True, capture_output=True, timeout=600, env=env)
+            break
+        except (subprocess.SubprocessError, OSError) as exc:
+            error = exc
+    else:
+        pytest.skip(f"{prefix} macOS wheel not cached and not downloadable: {error}")
     found = _find(prefix)
     if found is None:
         pytest.skip(f"{prefix}: pip downloaded no macOS arm64 wheel")
@@ -51,7 +56,8 @@ def _fetch(package: str, version: str, platform: str) -> Path:
 
 
 def torch_wheel(version: str) -> Path:
-    return _fetch("torch", version, "macosx_11_0_arm64")
+    minor = int(version.split(".")[1])
+    return _fetch("torch", version, "macosx_14_0_arm64" if minor >= 12 else "macosx_11_0_arm64")
 
 
 def torchvision_wheel(version: str) -> Path:
