@@ -107,6 +107,7 @@ def _one_release(oplist: OpList, names: list[str], fmt: str) -> int:
     if fmt == "json":
         doc = {
             "torch_version": oplist.torch_version,
+            "torchvision": oplist.provenance.get("torchvision"),
             "ops": {op: entry.status.value for op, entry in known.items()},
         }
         print(json.dumps(doc, indent=2))
