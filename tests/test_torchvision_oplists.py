@@ -18,6 +18,8 @@ from tests.machofixture import image
 from tests.test_cli import SCRIPTS, run_cli, run_json
 from tests.wheels import torchvision_wheel
 
+pytest_plugins = ["pytester"]
+
 SHIPPED = Path(__file__).parent.parent / "operator_lists"
 IMPL = "__ZNR5torch7Library5_implEPKcONS_11CppFunctionENS_17_RegisterOrVerifyE"
 DEF = "__ZNR5torch7Library3defEPKcRKNSt3__16vectorINS_10h"
@@ -212,3 +214,30 @@ def test_every_shipped_list_regenerates_from_its_wheel(version: str, tmp_path, r
         pytest.skip("downloads 15 torchvision wheels: run with -m slow")
     path, text = tv.build_from_wheel(torchvision_wheel(version), tmp_path)
     assert text == (SHIPPED / path.name).read_text(encoding="utf-8")
+
+
+STANDIN_TEST = """
+import torch
+
+lib = torch.library.Library("torchvision", "FRAGMENT")
+lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+lib.impl("nms", lambda dets, scores, t: torch.argsort(scores), "CPU")
+
+def test_detect():
+    boxes, scores = torch.rand(8, 4, device="mps"), torch.rand(8, device="mps")
+    torch.ops.torchvision.nms(boxes, scores, 0.5)
+"""
+
+
+def test_baseline_records_and_gates_a_torchvision_fallback(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_standin=STANDIN_TEST)
+    old = ("--fallback-probe", "--fallback-torch-version", "2.0.1")
+    pytester.runpytest_subprocess(*old, "--fallback-update").assert_outcomes(passed=1)
+    baseline = json.loads(pytester.path.joinpath("fallback-baseline.json").read_text())
+    assert json.dumps(baseline).count('"torchvision::nms": "fallback"') == 1
+    pytester.runpytest_subprocess(*old).assert_outcomes(passed=1)  # known: the gate passes
+    pytester.path.joinpath("fallback-baseline.json").unlink()
+    new = ("--fallback-probe", "--fallback-torch-version", "2.1.2", "--fallback-update")
+    pytester.runpytest_subprocess(*new).assert_outcomes(passed=1)
+    baseline = json.loads(pytester.path.joinpath("fallback-baseline.json").read_text())
+    assert "torchvision::nms" not in json.dumps(baseline)  # native in 0.16.2: not a problem
