@@ -160,6 +160,10 @@ def test_standin_ops_are_judged_per_release(standin_all: dict) -> None:
     assert matrix["torchvision::deform_conv2d"]["2.7.1"] == "fallback"
     assert matrix["torchvision::deform_conv2d"]["2.8.0"] == "native"
     assert not [n for n in standin_all["not_judged"] if n["op"].startswith("torchvision::")]
+    assert (
+        "torchvision:: ops were judged against torchvision 0.28.0 (with torch 2.13.0) (each "
+        "release of the matrix with its own)." in standin_all["limits"]
+    )
 
 
 def test_torchvision_version_option_overrides_the_pairing(tmp_path: Path) -> None:
