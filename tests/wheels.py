@@ -34,7 +34,8 @@ def _fetch(package: str, version: str, platform: str) -> Path:
     found = _find(prefix)
     if found is not None:
         return found
-    dest = _cache()
+    cache = _cache()
+    dest = cache / f".download-{os.getpid()}"  # xdist workers never see a half-written wheel
     dest.mkdir(parents=True, exist_ok=True)
     cmd = [
         sys.executable, "-m", "pip", "download", "-q", f"{package}=={version}", "--no-deps",
@@ -49,6 +50,9 @@ def _fetch(package: str, version: str, platform: str) -> Path:
             error = exc
     else:
         pytest.skip(f"{prefix} macOS wheel not cached and not downloadable: {error}")
+    for wheel in dest.glob("*.whl"):
+        os.replace(wheel, cache / wheel.name)
+    dest.rmdir()
     found = _find(prefix)
     if found is None:
         pytest.skip(f"{prefix}: pip downloaded no macOS arm64 wheel")
