@@ -50,8 +50,8 @@ def _check_libraries() -> None:
 
 
 def child_env() -> dict[str, str]:
-    """No hub access exists here: the libraries must not try (and wait for) one."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    """No hub access here (the libraries must not try); one hash seed for plain and probed runs."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONHASHSEED": "0"}
     env.pop("PYTORCH_ENABLE_MPS_FALLBACK", None)
     return env
 
