@@ -87,12 +87,12 @@ def _make_run(script: Path, folder: Path) -> Run:
 
 
 @pytest.fixture(scope="session")
-def realworld_runs(tmp_path_factory: pytest.TempPathFactory, worker_id: str):  # type: ignore[no-untyped-def]
+def realworld_runs(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """``realworld_runs(name)`` -> ``Run`` of ``scripts/<name>.py``, made once per session."""
     _check_libraries()
     # The parent of the per-worker base temp is shared by all xdist workers of this session.
     root = tmp_path_factory.getbasetemp()
-    shared = root if worker_id == "master" else root.parent
+    shared = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
     folder = shared / "realworld-runs"
     folder.mkdir(exist_ok=True)
     cache: dict[str, Run] = {}
