@@ -49,9 +49,20 @@ def _check_libraries() -> None:
     pytest.skip(message)
 
 
+# No hub access here (the libraries must not try). One hash seed and one CPU thread for plain
+# and probed runs alike: MKL and OpenMP pick their thread count by load, which changes
+# reduction order and the 5th digit of a loss (seen once on a loaded machine, not the probe).
+DETERMINISTIC = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "PYTHONHASHSEED": "0",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+
+
 def child_env() -> dict[str, str]:
-    """No hub access here (the libraries must not try); one hash seed for plain and probed runs."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONHASHSEED": "0"}
+    env = {**os.environ, **DETERMINISTIC}
     env.pop("PYTORCH_ENABLE_MPS_FALLBACK", None)
     return env
 
