@@ -24,7 +24,9 @@ from typing import Any
 
 import pytest
 
-from fallback_probe import oplists
+from fallback_probe import Verdict, oplists
+from fallback_probe.render import Format, render
+from fallback_probe.report import Report
 from tests.realworld._runner import RELEASES
 from tests.realworld.conftest import SCRIPTS, Run, child_env
 
@@ -176,6 +178,19 @@ def test_not_judged_is_for_a_true_reason(case: str, release: str, run: Run) -> N
         if release not in by_release:  # the op does not exist in this release: said so
             absent = [n for n in report["not_judged"] if _family(n["op"]) == family]
             assert absent, f"{family} neither judged nor listed as not judged in {release}"
+
+
+@pytest.mark.parametrize("release", RELEASES)
+@pytest.mark.parametrize("case", _cases(CRASHES))
+def test_report_round_trips_and_renders(case: str, release: str, run: Run) -> None:
+    """A saved report of real code re-renders: every problem op named in the markdown."""
+    _finished(run)
+    report = Report.from_dict(run.releases[release])
+    assert report.to_dict() == run.releases[release]
+    text = render(report, Format.MARKDOWN)
+    assert f"Predicted for torch {release}" in text
+    for row in report.rows(Verdict.FALLBACK, Verdict.UNSUPPORTED):
+        assert f"`{row.op}`" in text, row.op
 
 
 @pytest.mark.parametrize("case", _cases(CRASHES))
