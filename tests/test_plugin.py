@@ -104,7 +104,8 @@ def test_first_run_then_update_then_clean_pass(pytester: pytest.Pytester) -> Non
     text = pytester.path.joinpath("fallback-baseline.json").read_text()
     assert text == (
         "{\n"
-        '  "fallback_probe_baseline": 1,\n'
+        '  "fallback_probe_baseline": 2,\n'
+        '  "shared": {},\n'
         '  "target": {\n'
         '    "macos": "15",\n'
         '    "mode": "predicted",\n'
@@ -148,7 +149,8 @@ def test_gate_new_improved_allowed_opted_out(pytester: pytest.Pytester) -> None:
 
         @pytest.mark.no_fallback_probe
         def test_opted_out():
-            assert not torch.backends.mps.is_available()  # no emulated device: not probed
+            assert torch.backends.mps.is_available()  # the session's device, but not probed
+            torch.mode(torch.randn(8, device="mps"))
 
         def test_cpu_only():
             torch.randn(8).relu()
@@ -179,7 +181,7 @@ def test_gate_new_improved_allowed_opted_out(pytester: pytest.Pytester) -> None:
             "NOTE: The baseline holds verdicts predicted for torch 2.14.1 on macOS 15; this run's "
             "are predicted for torch 2.15.0 on macOS 15. Compared anyway*",
             "NOTE: 1 test ran torch ops only on the CPU, so nothing was judged "
-            "(test_g.py::test_cpu_only): create models and tensors on mps inside the test function.",
+            "(test_g.py::test_cpu_only): they never placed a tensor on mps.",
             "New fallbacks or unsupported ops (1):",
             f"  test_g.py::test_grows: aten::mode fallback in Pool at test_g.py:{mode_line}",
             "Improvements (1):",
@@ -268,10 +270,15 @@ def test_probe_failure_is_reported_plainly(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("--fallback-probe", "--fallback-update")
     result.assert_outcomes(passed=1)
     assert result.ret == pytest.ExitCode.TESTS_FAILED  # even when updating
+    # The session's first probe opened before conftest.py broke Probe: every later owner
+    # (the test module's import, the test) is named with the error.
+    why = "the probe could not start: RuntimeError: no emulation today"
     result.stdout.fnmatch_lines(
         [
-            "Probe errors (1):",
-            "  test_x.py::test_x: the probe could not start: RuntimeError: no emulation today",
+            "Probe errors (3):",
+            f"  test_x.py::test_x: {why}",
+            f"  (outside tests: conftest.py files, plugins, collection): {why}",
+            f"  test_x.py (import): {why}",
         ]
     )
     result = pytester.runpytest_subprocess("--fallback-probe", "--fallback-torch-version", "1.0")
@@ -305,8 +312,8 @@ def test_compare_rules() -> None:
     assert not out.notes
     cpu = compare({"t::a": {**result({}), "cpu_only": True}}, base, Path("b.json"))
     assert cpu.notes == [
-        "1 test ran torch ops only on the CPU, so nothing was judged (t::a): create models and "
-        "tensors on mps inside the test function."
+        "1 test ran torch ops only on the CPU, so nothing was judged (t::a): they never placed "
+        "a tensor on mps."
     ]
 
 
