@@ -158,6 +158,18 @@ def test_gate_new_improved_allowed_opted_out(pytester: pytest.Pytester) -> None:
         def test_broken():
             torch.mode(torch.randn(8, device="mps"))
             raise ValueError("model bug")
+
+        def test_skips():  # skipped at run time: not compared, whatever it ran
+            torch.mode(torch.randn(8, device="mps"))
+            pytest.skip("not today")
+
+        @pytest.fixture
+        def unready():
+            torch.mode(torch.randn(8, device="mps"))
+            pytest.skip("no data")
+
+        def test_skips_in_setup(unready):
+            pass
         """
     pytester.makepyfile(test_g=source)
     mode_line = line_of(pytester.path / "test_g.py", "torch.mode(x)")
@@ -172,7 +184,7 @@ def test_gate_new_improved_allowed_opted_out(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess(
         "--fallback-probe", *RELEASE, "--fallback-report", "out/report.md"
     )
-    result.assert_outcomes(passed=5, failed=1)
+    result.assert_outcomes(passed=5, failed=1, skipped=2)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(
         [
@@ -194,6 +206,7 @@ def test_gate_new_improved_allowed_opted_out(pytester: pytest.Pytester) -> None:
     # test_broken stopped early: its unreached aten::sort is no improvement.
     result.stdout.no_fnmatch_line("*aten::sort*")
     result.stdout.no_fnmatch_line("*test_opted_out*")
+    result.stdout.no_fnmatch_line("*test_skips*")
     assert pytester.path.joinpath("fallback-baseline.json").read_text() == before
     report = pytester.path.joinpath("out", "report.md").read_text()
     assert "**Gate FAILED**" in report

@@ -124,11 +124,13 @@ CONFTEST = """
 import pytest
 import torch
 
+# Imported before the session's first hook returns: the device must exist already.
+CONF_DEV = "mps" if torch.backends.mps.is_available() else "cpu"
+
 @pytest.fixture
 def device():  # function-scoped: its ops are the requesting test's
-    dev = "mps" if torch.backends.mps.is_available() else "cpu"
-    torch.linalg.svd(torch.randn(4, 3, device=dev))
-    return dev
+    torch.linalg.svd(torch.randn(4, 3, device=CONF_DEV))
+    return CONF_DEV
 
 @pytest.fixture(scope="session")
 def encoder():  # session-scoped: charged to itself, once per session
@@ -341,3 +343,29 @@ def test_shared_setup_seen_twice_is_merged_once() -> None:
     assert merged["complete"] is False
     assert merge_payloads(None, a) == a
     assert merge_payloads(a, {"allow": [], "error": "boom"})["error"] == "boom"
+
+
+def test_probe_records_on_an_active_emulation() -> None:
+    """The plugin's per-phase probes share the session's emulation (emulations do not nest);
+    each reports only the refusals made while it was open."""
+    import torch
+
+    from fallback_probe.api import Probe
+    from fallback_probe.collect.emulate import emulated_mps
+    from fallback_probe.report import problem_ops
+
+    def refusals(p: Probe) -> list[str]:
+        return [n for n in p.report.limits if "A Mac would refuse" in n]
+
+    with emulated_mps() as emu:
+        with Probe(mode="predict", torch_version="2.13.0", emulation=emu) as first:
+            x = torch.randn(4, device="mps")
+            with pytest.raises(TypeError):
+                x.double()
+        with Probe(mode="predict", torch_version="2.13.0", emulation=emu) as second:
+            torch.mode(x)  # made under the first probe, still on the device
+        assert torch.backends.mps.is_available()  # the probes left the emulation running
+    assert not torch.backends.mps.is_available()
+    assert len(refusals(first)) == 1 and refusals(second) == []
+    assert problem_ops(second.report) == {"aten::mode": "fallback"}
+    assert problem_ops(first.report) == {}
