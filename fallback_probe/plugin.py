@@ -500,7 +500,7 @@ class Gate:
 
     def _write_baseline(self, outcome: Outcome) -> None:
         old = self.baseline
-        if outcome.target is None and old is None:
+        if old is None and outcome.probed == 0:  # shared setup alone is no baseline
             self.written = "baseline not written: no test was probed"
             return
         base = old or Baseline({}, {})
