@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 # Folders that already hold wheels (os.pathsep-separated), read before the download cache.
-_LOCAL = tuple(Path(p) for p in os.environ.get("FALLBACK_PROBE_WHEEL_DIRS", "").split(os.pathsep) if p)
+_LOCAL = tuple(
+    Path(p) for p in os.environ.get("FALLBACK_PROBE_WHEEL_DIRS", "").split(os.pathsep) if p
+)
 
 
 def _cache() -> Path:
