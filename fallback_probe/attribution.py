@@ -122,7 +122,7 @@ def fixture_label(
             where = Path(inspect.getsourcefile(fixturedef.func) or "").resolve()
             base = where.relative_to(root).as_posix()
         except (TypeError, ValueError):
-            base = getattr(fixturedef.func, "__module__", "") or "?"
+            base = f"<{getattr(fixturedef.func, '__module__', '?')}>"  # an installed plugin
         rerun = None
     else:
         base = rerun = node.nodeid or "."

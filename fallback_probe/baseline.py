@@ -103,7 +103,9 @@ def _entries(value: Any, name: str, keys: str) -> dict[str, dict[str, str]]:
 
 
 def key_file(key: str) -> str:
-    """The file a test id or shared-setup label lives in ('' when none: kept)."""
+    """The file a test id or shared-setup label lives in ('' when none: always kept)."""
+    if key.startswith(("(", "<")):  # outside tests; a fixture of an installed plugin
+        return ""
     return key.split("::")[0].split(" (")[0]
 
 

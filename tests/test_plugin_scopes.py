@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from fallback_probe.attribution import OUTSIDE_TESTS
 from fallback_probe.baseline import FORMAT_1_NOTE, Baseline, compare, merge_payloads
 
 pytest_plugins = ["pytester"]
@@ -183,6 +184,29 @@ def test_session_model(encoder):
     encoder(torch.randn(2, 4, device=DEV))
 
 
+class TestPlain:
+    @pytest.fixture(scope="class")
+    def weights(self):
+        w = torch.randn(4, 3, device=DEV)
+        torch.linalg.svd(w)
+        return w
+
+    def test_uses(self, weights):
+        weights.relu()
+
+
+@pytest.fixture(scope="module", params=["small", 8])
+def sized(request):
+    x = torch.randn(request.param if request.param != "small" else 2, device=DEV)
+    if request.param == "small":
+        torch.mode(x)
+    return x
+
+
+def test_sized(sized):
+    sized.relu()
+
+
 class TestCase(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -209,12 +233,17 @@ EXPECTED_TESTS = {
     "test_patterns.py::test_session_model": {},
     "test_patterns.py::TestCase::test_a": SVD,
     "test_patterns.py::TestCase::test_b": SVD,
+    "test_patterns.py::TestPlain::test_uses": {},
+    "test_patterns.py::test_sized[small]": {},
+    "test_patterns.py::test_sized[8]": {},
 }
 EXPECTED_SHARED = {
     "test_patterns.py (import)": MODE,
     "test_patterns.py::model (module fixture)": SVD,
     "conftest.py::encoder (session fixture)": {**MODE, **SVD},
     "test_patterns.py::TestCase (setUpClass)": MODE,
+    "test_patterns.py::TestPlain::weights (class fixture)": SVD,
+    "test_patterns.py::sized[small] (module fixture)": MODE,  # one label per parameter
 }
 
 
@@ -227,12 +256,12 @@ def test_every_pattern_is_judged_and_charged_once(
     gate = ("--fallback-probe", *RELEASE, *xdist)
 
     update = pytester.runpytest_subprocess(*gate, "--fallback-update")
-    update.assert_outcomes(passed=9)
+    update.assert_outcomes(passed=12)
     assert update.ret == pytest.ExitCode.OK
     recorded = baseline_of(pytester.path)
     assert recorded["tests"] == EXPECTED_TESTS
     assert recorded["shared"] == EXPECTED_SHARED
-    update.stdout.fnmatch_lines(["fallback-probe wrote the baseline * (9 tests, 4 shared setup)."])
+    update.stdout.fnmatch_lines(["fallback-probe wrote the baseline * (12 tests, 6 shared setup)."])
     # A test that asked for the mps device's CPU twin is told apart, not silently passed.
     update.stdout.fnmatch_lines(
         [
@@ -248,7 +277,7 @@ def test_every_pattern_is_judged_and_charged_once(
     path.write_text(path.read_text().replace("    torch.linalg.svd(m.weight.detach())\n", grown))
     line = line_of(path, "torch.mode(m.weight[0])")
     gate_run = pytester.runpytest_subprocess(*gate)
-    gate_run.assert_outcomes(passed=9)
+    gate_run.assert_outcomes(passed=12)
     assert gate_run.ret == pytest.ExitCode.TESTS_FAILED
     where = f"aten::mode fallback in (top level) at test_patterns.py:{line}"
     gate_run.stdout.fnmatch_lines(
@@ -328,6 +357,18 @@ def test_shared_setup_absent_from_baseline_has_no_known_problems() -> None:
     )
     assert updated.shared == {"m.py (import)": MODE}  # listed only with problems
     assert updated.tests == {"t::a": {}}
+
+
+def test_shared_setup_not_run_is_kept_unless_its_file_is_gone() -> None:
+    """A subset run (``-k``, one file) must not forget the shared setup it did not reach."""
+    kept = {
+        OUTSIDE_TESTS: MODE,
+        "<some_plugin>::db (session fixture)": SVD,
+        "tests/test_a.py::model (module fixture)": SVD,
+    }
+    base = Baseline({}, {}, {**kept, "tests/gone.py (import)": MODE})
+    updated = base.updated({}, {}, {}, lambda f: f == "tests/test_a.py")
+    assert updated.shared == kept
 
 
 def test_shared_setup_seen_twice_is_merged_once() -> None:
