@@ -66,7 +66,7 @@ class Owner:
         self.found: dict[str, dict[str, Any]] = {}
         self.notes: list[str] = []
 
-    def add(self, rep: Report) -> None:
+    def add(self, rep: Report, fallback_env: str = FALLBACK_ENV) -> None:
         self.target = {"torch": rep.target.torch, "macos": rep.target.macos}
         self.target["mode"] = rep.mode.value
         self.complete = self.complete and rep.complete
@@ -83,7 +83,7 @@ class Owner:
                     if v not in entry[key] and len(entry[key]) < MAX_WHERE:
                         entry[key].append(v)
         if rep.mode.value == "live":
-            self.notes += [n for n in rep.limits if FALLBACK_ENV in n and n not in self.notes]
+            self.notes += [n for n in rep.limits if fallback_env in n and n not in self.notes]
 
     def payload(self, reason: str, env_note: str | None = None) -> dict[str, Any]:
         """Plain JSON for the controller (``user_properties`` or the xdist worker output)."""
@@ -150,6 +150,8 @@ class Recording:
         self.device = device
         self.emulation = emulation
         self.reason = ""  # why live or predict
+        self.device_type = "mps"  # live mode may observe another backend (fpdev in tests)
+        self.fallback_env = FALLBACK_ENV
         self.stack: list[Owner] = []
         self.probe: Probe | None = None  # open on stack[-1]
 
@@ -196,6 +198,8 @@ class Recording:
             macos=self.macos,
             device=self.device,  # type: ignore[arg-type]
             emulation=self.emulation,
+            device_type=self.device_type,
+            fallback_env=self.fallback_env,
         )
         try:
             probe.__enter__()
@@ -217,5 +221,5 @@ class Recording:
         except Exception as err:
             owner.error = owner.error or f"the probe failed after it ran: {one_line(err)}"
             return None
-        owner.add(rep)
+        owner.add(rep, self.fallback_env)
         return rep

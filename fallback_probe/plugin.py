@@ -84,6 +84,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         "fallback_baseline", "baseline file, relative to the rootdir", default=DEFAULT_BASELINE
     )
+    parser.addini(
+        "fallback_device_type",
+        "live mode only: the device to observe instead of mps (an out-of-tree backend "
+        "with a boxed CPU fallback, like the CLI's --device-type)",
+        default="mps",
+    )
+    parser.addini(
+        "fallback_env",
+        "live mode with fallback_device_type: that backend's fallback variable",
+        default="",
+    )
 
 
 def _option(config: pytest.Config, name: str, default: Any, early: bool) -> Any:
@@ -191,9 +202,15 @@ def _start_recording(config: pytest.Config, early: bool = False) -> None:
     from fallback_probe.collect.mode import decide
     from fallback_probe.records import Mode
 
-    mode, reason = decide(_option(config, "fallback_mode", "auto", early))
+    device_type = config.getini("fallback_device_type") or "mps"
+    mode, reason = decide(_option(config, "fallback_mode", "auto", early), device_type)
     device = _option(config, "fallback_device", "cpu", early)
     emulation = None
+    if mode is Mode.PREDICTED and device_type != "mps":
+        raise pytest.UsageError(
+            f"fallback_device_type = {device_type}: only mps is emulated, so another device "
+            f"is observed live: run with --fallback-mode live ({reason})"
+        )
     if mode is Mode.PREDICTED:
         from fallback_probe.collect.emulate import emulated_mps
 
@@ -203,6 +220,10 @@ def _start_recording(config: pytest.Config, early: bool = False) -> None:
     macos = _option(config, "fallback_macos", None, early)
     rec = Recording(mode.value, torch_version, macos, device, emulation)
     rec.reason = reason
+    rec.device_type = device_type
+    from fallback_probe.api import fallback_env_for
+
+    rec.fallback_env = config.getini("fallback_env") or fallback_env_for(device_type)
     config.add_cleanup(rec.finish)  # before the emulation ends (cleanups run last-in first)
     config.stash[_RECORDING] = rec
     # Until collection ends, ops outside a test module's import (conftest.py files, hooks)
@@ -266,7 +287,7 @@ class ProbedTest(Owner):
 
         rec = self._gate.recording
         assert rec is not None
-        col = Collection(Mode(rec.mode), rec.reason, "mps", this_host())
+        col = Collection(Mode(rec.mode), rec.reason, rec.device_type, this_host())
         col.trace = probe.trace_so_far()
         col.complete = False
         col.error = "the test is still running"

@@ -410,3 +410,65 @@ def test_probe_records_on_an_active_emulation() -> None:
     assert len(refusals(first)) == 1 and refusals(second) == []
     assert problem_ops(second.report) == {"aten::mode": "fallback"}
     assert problem_ops(first.report) == {}
+
+
+# -- live mode: the same attribution, observed on a real dispatcher (fpdev, no Mac here) -----------------------------
+LIVE_CONFTEST = """
+import pytest
+import torch
+
+from tests.fpdev import load_fpdev
+
+load_fpdev()  # a real PrivateUse1 backend with MPS's CPU fallback
+
+
+@pytest.fixture(scope="module")
+def model():  # its fallback is its own, observed once
+    m = torch.nn.Linear(4, 3).to("fpdev")
+    torch.linalg.svd(m.weight.detach())
+    return m
+
+
+@pytest.fixture
+def batch():  # function-scoped: the requesting test's
+    x = torch.ones(6, 4, device="fpdev")  # fill_ is native on fpdev, normal_ is not
+    torch.mode(x[:, 0])
+    return x
+"""
+
+LIVE_TESTS = """
+import torch
+
+
+def test_forward(model, batch):
+    model(batch).relu()
+
+
+def test_again(model):
+    model(torch.ones(2, 4, device="fpdev")).relu()
+"""
+
+
+def test_live_mode_charges_fixtures_the_same_way(
+    pytester: pytest.Pytester, fpdev_build: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.fpdev import ENV_VAR, REPO_ROOT
+
+    monkeypatch.setenv(ENV_VAR, "1")
+    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
+    pytester.makeini(f"[pytest]\nfallback_device_type = fpdev\nfallback_env = {ENV_VAR}\n")
+    pytester.makeconftest(LIVE_CONFTEST)
+    pytester.makepyfile(test_live=LIVE_TESTS)
+    result = pytester.runpytest_subprocess(
+        "--fallback-probe", "--fallback-mode", "live", "--fallback-update"
+    )
+    result.assert_outcomes(passed=2)
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["observed for torch * (live mode was asked for); 2 tests probed*"])
+    recorded = baseline_of(pytester.path)
+    assert recorded["target"]["mode"] == "live"
+    assert recorded["tests"] == {
+        "test_live.py::test_forward": {"aten::mode": "fallback"},
+        "test_live.py::test_again": {},
+    }
+    assert recorded["shared"] == {"test_live.py::model (module fixture)": SVD}
