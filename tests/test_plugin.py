@@ -147,6 +147,15 @@ def test_gate_new_improved_allowed_opted_out(pytester: pytest.Pytester) -> None:
             torch.mode(torch.randn(8, device="mps"))
             assert fallback_probe.problems == {"aten::mode": "fallback"}
 
+        @pytest.fixture
+        def warmed():
+            torch.mode(torch.randn(8, device="mps"))
+
+        @pytest.mark.fallback_probe(allow=["aten::mode"])
+        def test_setup_judged(warmed, fallback_probe):
+            torch.randn(8, device="mps").relu()
+            assert fallback_probe.problems == {}  # the fixture reports on the body alone
+
         @pytest.mark.no_fallback_probe
         def test_opted_out():
             assert torch.backends.mps.is_available()  # the session's device, but not probed
@@ -174,7 +183,7 @@ def test_gate_new_improved_allowed_opted_out(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_g=source)
     mode_line = line_of(pytester.path / "test_g.py", "torch.mode(x)")
     known = {"aten::mode": "fallback", "aten::sort": "fallback"}
-    tests = {f"test_g.py::test_{n}": {} for n in ("grows", "allowed", "cpu_only")}
+    tests = {f"test_g.py::test_{n}": {} for n in ("grows", "allowed", "cpu_only", "setup_judged")}
     tests |= {
         "test_g.py::test_shrinks": {"aten::mode": "fallback"},
         "test_g.py::test_broken": known,
@@ -184,7 +193,7 @@ def test_gate_new_improved_allowed_opted_out(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess(
         "--fallback-probe", *RELEASE, "--fallback-report", "out/report.md"
     )
-    result.assert_outcomes(passed=5, failed=1, skipped=2)
+    result.assert_outcomes(passed=6, failed=1, skipped=2)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(
         [
@@ -214,6 +223,9 @@ def test_gate_new_improved_allowed_opted_out(pytester: pytest.Pytester) -> None:
     assert re.search(table_row(*grows, f"`test_g.py:{mode_line}`"), report, re.M)
     allowed = ("`test_g.py::test_allowed`", "`aten::mode`", "fallback", "allowed")
     assert re.search(table_row(*allowed), report, re.M)
+    # The gate judged the setup of test_setup_judged (its fixture's aten::mode), its fixture not.
+    setup = ("`test_g.py::test_setup_judged`", "`aten::mode`", "fallback", "allowed")
+    assert re.search(table_row(*setup), report, re.M)
 
 
 def test_xdist_merges_workers_and_writes_once(pytester: pytest.Pytester) -> None:
