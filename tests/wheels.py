@@ -1,4 +1,6 @@
-"""Real macOS wheels for tests: a local cache first, else one bounded download, else skip.
+"""Real macOS wheels for tests: local folders first, else one bounded download, else skip.
+
+``FALLBACK_PROBE_WHEEL_DIRS`` names folders that already hold wheels (read, never written).
 
 ``FALLBACK_PROBE_WHEEL_CACHE`` (default ``~/.cache/fallback-probe-wheels``) keeps what was
 downloaded, so CI pays for each wheel once (torch 2.0.1: 56 MB; torchvision: ~2 MB).
@@ -13,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
-_LOCAL = (Path("/work/cache/wheels"), Path("/work/cache/tv"))
+# Folders that already hold wheels (os.pathsep-separated), read before the download cache.
+_LOCAL = tuple(
+    Path(p) for p in os.environ.get("FALLBACK_PROBE_WHEEL_DIRS", "").split(os.pathsep) if p
+)
 
 
 def _cache() -> Path:
