@@ -3,11 +3,17 @@
 The parent starts it with the fallback variable already set (libtorch reads it once, at load)
 and reads back the trace file, which is flushed as the run goes, so a crash or a timeout
 still leaves what ran. Exit codes: 0 done, 2 bad target, 3 the model failed.
+
+It tells the parent on a status pipe (``FALLBACK_PROBE_STATUS_FD``, taken out of the
+environment before the script sees it) when the script starts — ``--timeout`` counts from
+there — and how many calls it has recorded, for the progress line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import sys
 import traceback
@@ -37,12 +43,35 @@ class Stopped(BaseException):
     """SIGTERM from the parent (``--timeout``): unwind so the trace is written whole."""
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise Stopped
+class _Status:
+    """Lines to the parent; a parent that went away is no reason to fail the model."""
+
+    def __init__(self) -> None:
+        fd = os.environ.pop("FALLBACK_PROBE_STATUS_FD", None)
+        self.fd = int(fd) if fd and fd.isdigit() else None
+        if self.fd is not None:
+            os.set_inheritable(self.fd, False)  # not the script's own subprocesses
+
+    def say(self, line: str) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.write(self.fd, (line + "\n").encode("ascii"))
+        except OSError:
+            self.fd = None
+
+
+def _silence() -> None:
+    """After a stop nothing more is the user's to read: what a model stopped inside C++
+    prints while it unwinds (pybind11's ``terminate called …``) goes nowhere."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def main(argv: list[str]) -> int:
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    status = _Status()
     spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     target = Target(Path(spec["path"]), spec.get("function"), tuple(spec.get("args", ())))
     from fallback_probe.api import Probe
@@ -57,6 +86,17 @@ def main(argv: list[str]) -> int:
         count += 1
         if count % _FLUSH_EVERY == 0:
             fh.flush()
+            status.say(f"ops {count}")
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        # What ran is on disk even if unwinding aborts the process (RuntimeError: the signal
+        # came in the middle of a write).
+        with contextlib.suppress(OSError, RuntimeError):
+            fh.flush()
+        _silence()
+        raise Stopped
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
     probe.sink = sink
     code = ExitCode.OK
@@ -67,6 +107,7 @@ def main(argv: list[str]) -> int:
                 started = True
                 fh.write(probe._col.header_json() + "\n")
                 fh.flush()
+                status.say("started")
                 if target.function is None:
                     run_script(target)
                 else:
