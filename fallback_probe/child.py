@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from fallback_probe.errors import ExitCode, ProbeError
 from fallback_probe.target import Target, load_function, run_function, run_script
 
 _FLUSH_EVERY = 256
+_CHECK_EVERY = 64  # calls between looks at the clock, for the progress count
+_SAY_SECONDS = 0.25
 
 
 def _print_user_traceback(exc: BaseException) -> None:
@@ -79,14 +82,19 @@ def main(argv: list[str]) -> int:
     probe = Probe(**spec["probe"])
     fh = open(spec["trace_path"], "w", encoding="utf-8")  # noqa: SIM115 - closed in finally
     count = 0
+    said = time.monotonic()
 
     def sink(call):  # type: ignore[no-untyped-def]
-        nonlocal count
+        nonlocal count, said
         write_call(fh, call)
         count += 1
-        if count % _FLUSH_EVERY == 0:
-            fh.flush()
-            status.say(f"ops {count}")
+        if count % _CHECK_EVERY == 0:
+            if count % _FLUSH_EVERY == 0:
+                fh.flush()
+            now = time.monotonic()
+            if now - said >= _SAY_SECONDS:
+                status.say(f"ops {count}")
+                said = now
 
     def on_sigterm(signum: int, frame: object) -> None:
         # What ran is on disk even if unwinding aborts the process (RuntimeError: the signal
@@ -113,6 +121,7 @@ def main(argv: list[str]) -> int:
                 else:
                     device = "mps" if probe._col.mode.value == "predicted" else probe.device_type
                     run_function(load_function(target), device, spec.get("train", False))
+                status.say(f"ops {count}")
         except ProbeError as exc:
             print(f"fallback-probe: error: {exc}", file=sys.stderr)
             code = exc.exit_code

@@ -32,8 +32,8 @@ class Progress:
     def __init__(self, enabled: bool | None = None, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
         self.enabled = wanted(enabled, self.stream)
-        self._live = self.enabled and wanted(None, self.stream)  # redraw in place
-        self._every = _TERMINAL_EVERY if self._live else _LOG_EVERY
+        self.redraws = self.enabled and wanted(None, self.stream)  # one line, in place
+        self._every = _TERMINAL_EVERY if self.redraws else _LOG_EVERY
         self._last = float("-inf")
         self._drawn = False
         self.started = time.monotonic()
@@ -51,7 +51,7 @@ class Progress:
             return
         self._last = now
         line = f"fallback-probe: {text}"
-        if self._live:
+        if self.redraws:
             self.stream.write("\r\x1b[K" + line)
             self._drawn = True
         else:

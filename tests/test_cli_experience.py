@@ -204,9 +204,12 @@ def _stderr_on_a_terminal(*args: str) -> str:
 
 
 def test_progress_redraws_one_line_on_a_terminal_and_can_be_turned_off() -> None:
-    on = _stderr_on_a_terminal(str(SCRIPTS / "sleeps_noisily.py"), "--timeout", "1")
+    on = _stderr_on_a_terminal(str(SCRIPTS / "sleeps_noisily.py"), "--timeout", "3")
     assert "\r\x1b[Kfallback-probe: running sleeps_noisily.py:" in on
     assert re.search(r"running sleeps_noisily.py: [\d,]+ ops recorded, \d+s", on)
+    # The script's line clears the status line first instead of running on after it.
+    assert "\r\x1b[Kthe script's own line" in on
+    assert "running" not in on.split("waiting...", 1)[1]
     off = _stderr_on_a_terminal(
         str(SCRIPTS / "sleeps_noisily.py"), "--timeout", "1", "--no-progress"
     )
