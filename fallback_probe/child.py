@@ -92,7 +92,8 @@ def main(argv: list[str]) -> int:
             if count % _FLUSH_EVERY == 0:
                 fh.flush()
             now = time.monotonic()
-            if now - said >= _SAY_SECONDS:
+            if now - said >= _SAY_SECONDS:  # and on disk, should the process be killed
+                fh.flush()
                 status.say(f"ops {count}")
                 said = now
 
