@@ -49,7 +49,7 @@ def _run_parser() -> argparse.ArgumentParser:
         prog="fallback-probe",
         usage="fallback-probe TARGET [options] [-- script args...]",
         description="Which ops of a PyTorch model fall back from MPS to the CPU. "
-        "Other commands: fallback-probe ops | oplists build | render | diff (each has --help).",
+        "Other commands: fallback-probe ops | oplists build|verify | render | diff (each has --help).",
     )
     p.add_argument("target", help="script.py (run as __main__) or file.py:function")
     add_options(p.add_argument)
@@ -58,6 +58,11 @@ def _run_parser() -> argparse.ArgumentParser:
         dest="emulate",
         action="store_false",
         help="predict mode: judge every op as if on MPS instead of emulating an mps device",
+    )
+    p.add_argument(
+        "--torchvision-version",
+        help="predict mode: judge torchvision:: ops against this torchvision release "
+        "(default: the one paired with each judged torch release)",
     )
     p.add_argument(
         "--train",
@@ -171,6 +176,11 @@ def run_target(args: argparse.Namespace) -> int:
         from fallback_probe import oplists
 
         oplists.resolve_release(args.torch_version)
+    if args.torchvision_version:
+        from fallback_probe.oplists import torchvision
+
+        chosen = torchvision.document(args.torchvision_version)["torchvision_version"]
+        os.environ[torchvision.ENV] = chosen  # read by oplists.load here and in the child
     env = dict(os.environ)
     env[args.fallback_env or fallback_env_for(args.device_type)] = "1"
     progress = Progress(args.progress)
@@ -264,12 +274,12 @@ def diff_main(argv: list[str]) -> int:
 def _oplists_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="fallback-probe oplists",
-        usage="fallback-probe oplists build [options]",
-        description="Operator lists: 'build' generates one from a torch macOS arm64 wheel "
-        "(fallback-probe oplists build --help). An op's status in every release: "
-        "fallback-probe ops OP.",
+        usage="fallback-probe oplists {build,verify} [options]",
+        description="Operator lists. 'build' generates one from a torch macOS arm64 wheel; "
+        "'verify' checks the explicit-fallback table against torch wheels. Each has --help. "
+        "An op's status in every release: fallback-probe ops OP.",
     )
-    p.add_argument("command", choices=["build"], help="the one oplists command")
+    p.add_argument("command", choices=["build", "verify"], help="what to do")
     return p
 
 
@@ -281,11 +291,11 @@ def _dispatch(argv: list[str]) -> int:
 
             return ops_main(rest)
         if cmd == "oplists":
-            if rest[:1] != ["build"]:
+            if rest[:1] not in (["build"], ["verify"]):
                 _oplists_parser().parse_args(rest)  # --help, or a one-line usage error
-            from fallback_probe.oplists.cli import build_main
+            from fallback_probe.oplists.cli import oplists_main
 
-            return build_main(rest[1:])
+            return oplists_main(rest)
         if cmd == "render":
             return render_main(rest)
         return diff_main(rest)

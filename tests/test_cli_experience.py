@@ -109,6 +109,7 @@ def test_good_macos_versions_pass(value: str) -> None:
         ["--help"],
         ["oplists", "--help"],
         ["oplists", "build", "--help"],
+        ["oplists", "verify", "--help"],
         ["ops", "--help"],
         ["render", "--help"],
         ["diff", "--help"],
