@@ -198,7 +198,7 @@ def run_target(args: argparse.Namespace) -> int:
         spec_path.write_text(json.dumps(spec), encoding="utf-8")
         cmd = [sys.executable, "-m", "fallback_probe.child", str(spec_path)]
         # With the report on stdout, the script's prints go to stderr: still seen, never in it.
-        script_stdout = None if args.output else sys.stderr.fileno()
+        script_stdout = None if args.output else _stderr_fd()
         sys.stdout.flush()
         child = run_child(cmd, env, args.timeout, script_stdout, progress, target.path.name)
         code = child.code
@@ -229,6 +229,14 @@ def run_target(args: argparse.Namespace) -> int:
     if code != ExitCode.OK:
         return ExitCode.MODEL_FAILED
     return _fail_on(report, args.fail_on)
+
+
+def _stderr_fd() -> int:
+    """Our stderr's descriptor; 2 when sys.stderr is not a file (captured by a test harness)."""
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return 2
 
 
 def _fail_on(report: Report, fail_on: list[str]) -> int:
