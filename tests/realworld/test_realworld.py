@@ -44,6 +44,13 @@ EXPECTED: dict[str, dict[str, Mapping[str, str]]] = {
         "aten::native_layer_norm": ALL_NATIVE,
         "aten::cumsum": ALL_NATIVE,
     },
+    "llama_sample": {
+        "aten::isin": {"2.0.1": F, "2.8.0": N, "2.15.0": N},
+        "aten::multinomial": ALL_NATIVE,  # do_sample
+        "aten::topk": ALL_NATIVE,  # top-k warper
+        "aten::cumsum": ALL_NATIVE,  # top-p warper
+        "aten::rsqrt": ALL_NATIVE,  # RMSNorm
+    },
     "t5_beam_search": {
         "aten::isin": {"2.0.1": F, "2.8.0": N, "2.15.0": N},
         "aten::topk": ALL_NATIVE,  # beam selection
@@ -107,6 +114,7 @@ STATUS_ALONE = _xfail("F4 composites judged by their status alone")
 # Marks on the cases that go through the script's run (numbers, completeness, verdicts).
 CRASHES: dict[str, list[pytest.MarkDecorator]] = {
     "gpt2_generate": [TIED_TO, EVENT],
+    "llama_sample": [EVENT],
     "t5_beam_search": [TIED_TO],
     "bert_mlm_train": [TIED_TO],
     "numpy_float64": [REFUSAL],
