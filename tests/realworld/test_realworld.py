@@ -9,8 +9,8 @@ Each script in ``scripts/`` is a user's script: it picks ``mps`` when
 - ops whose status the operator lists state are judged so (``EXPECTED``), and what is not
   judged is not judged for a true reason.
 
-A case the probe gets wrong is a strict xfail naming its entry in
-/work/wt/findings-realworld.md (docs/realworld.md), so it turns red once fixed.
+A case the probe gets wrong is a strict xfail naming the problem and its item of issue 11, so
+it turns red once fixed (docs/realworld.md).
 """
 
 from __future__ import annotations
@@ -103,13 +103,17 @@ EXPECTED: dict[str, dict[str, Mapping[str, str]]] = {
 
 
 def _xfail(finding: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=f"findings-realworld.md: {finding}")
+    return pytest.mark.xfail(strict=True, reason=finding)
 
 
-TIED_TO = _xfail("F1 nn.Module.to crashes on tied weights (_has_compatible_shallow_copy_type)")
-EVENT = _xfail("F2 generate() crashes at torch.Event(device=mps)")
-REFUSAL = _xfail("F3 a float64 refusal stops the run instead of being listed as unsupported")
-STATUS_ALONE = _xfail("F4 composites judged by their status alone")
+TIED_TO = _xfail(
+    "issue 11.4: nn.Module.to crashes on tied weights (_has_compatible_shallow_copy_type)"
+)
+EVENT = _xfail("issue 11.4: generate() crashes at torch.Event(device=mps)")
+REFUSAL = _xfail(
+    "issue 11.3: a float64 refusal stops the run instead of being listed as unsupported"
+)
+STATUS_ALONE = _xfail("issue 11.1: composites judged by their status alone")
 
 # Marks on the cases that go through the script's run (numbers, completeness, verdicts).
 CRASHES: dict[str, list[pytest.MarkDecorator]] = {
