@@ -35,6 +35,8 @@ class Mode(str, Enum):
 
 # A note the recorder puts on a convolution call that was transposed: MPS routes it elsewhere.
 TRANSPOSED = "transposed"
+# The start of a note on a composite whose body could not be run to see what it calls.
+UNTRACED = "body not traced"
 
 
 @dataclass(frozen=True, slots=True)

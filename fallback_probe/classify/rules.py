@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from fallback_probe.classify.routes import ROUTES, TRANSPOSED_ROUTES, is_cpu_only
 from fallback_probe.oplists import OpEntry, OpList
-from fallback_probe.records import TRANSPOSED, OpCall, OpStatus, Verdict
+from fallback_probe.records import TRANSPOSED, UNTRACED, OpCall, OpStatus, Verdict
 
 NO_FLOAT64 = frozenset({"float64", "complex128"})
 NEEDS_MACOS_14 = frozenset({"bfloat16", "complex64"})
@@ -169,6 +169,9 @@ def _judge_one(
         return Judgement(call, name, verdict, reason)
     if has_children:
         return None
+    untraced = next((n for n in call.notes if n.startswith(UNTRACED)), None)
+    if untraced is not None:  # what it calls is unknown: no verdict rather than a guess
+        return Judgement(call, op, None, f"{reason}, and its {untraced}")
     return Judgement(call, op, Verdict.NATIVE, f"runs as other ops on MPS ({reason})")
 
 
