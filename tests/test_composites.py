@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from fallback_probe import oplists
 from fallback_probe.api import Probe
 from fallback_probe.collect import shadow
+from fallback_probe.collect.intercept import JUDGED_BY_PARTS
 from fallback_probe.records import Verdict
 
 ROOT = Path(__file__).parent.parent
@@ -155,3 +157,44 @@ def test_the_release_matrix_judges_the_inner_ops() -> None:
     assert {op: rows[op]["2.3.1"] for op in INNER} == dict.fromkeys(INNER, "fallback")
     assert {op: rows[op]["2.15.0"] for op in INNER} == dict.fromkeys(INNER, "native")
     assert matrix["native_from"] == "2.9.1"  # kthvalue.values and _logcumsumexp: 2.9
+
+
+@pytest.mark.parametrize("release", oplists.releases())
+def test_ops_left_to_decompose_reach_only_native_parts(release: str) -> None:
+    # A Mac runs linear and max_pool2d as MPS kernels of their own; the probe judges their
+    # parts instead (intercept.JUDGED_BY_PARTS), which is only right while those are native.
+    x = torch.randn(2, 3, 8, 8)
+    with Probe(mode="predict", torch_version=release, emulate=False) as p:
+        torch.nn.functional.linear(x, torch.randn(5, 8), torch.randn(5))
+        torch.nn.functional.linear(x[0, 0], torch.randn(5, 8))
+        torch.nn.functional.max_pool2d(x, 2)
+    assert {o.op for o in p.report.ops if o.verdict is not Verdict.NATIVE} == set()
+    assert not p.report.not_judged
+    assert {c.op for c in p.trace} >= {"aten::addmm", "aten::max_pool2d_with_indices"}
+    assert {"aten::linear", "aten::max_pool2d"} == JUDGED_BY_PARTS  # a new one needs a case
+
+
+def test_an_mps_kernel_of_a_composite_wins_before_it_decomposes() -> None:
+    # 2.5-2.9 register linalg_lu_factor for MPS; its parts here (linalg_lu_factor_ex) had no
+    # MPS kernel until 2.9. The trace must show the parent the Mac runs.
+    def lu() -> None:
+        torch.linalg.lu_factor(torch.randn(4, 4, device="mps"))
+
+    for release, problems in (("2.4.1", {"aten::linalg_lu_factor_ex.out"}), ("2.5.1", set())):
+        with Probe(mode="predict", torch_version=release) as p:
+            lu()
+        assert _problems(p.report.ops) == problems, release
+
+
+def test_a_matrix_opens_what_any_judged_release_treats_as_composite() -> None:
+    from fallback_probe.api import _composites_of
+    from fallback_probe.oplists import OpEntry, OpList
+    from fallback_probe.records import OpStatus
+
+    def one(version: str, status: OpStatus) -> OpList:
+        return OpList(version, {"aten::cummax": OpEntry("aten::cummax", status)})
+
+    native, composite = one("9.0.0", OpStatus.NATIVE), one("9.1.0", OpStatus.COMPOSITE_EXPLICIT)
+    assert "aten::cummax" in _composites_of((native, composite))
+    assert "aten::cummax" in _composites_of((composite, native))
+    assert "aten::cummax" not in _composites_of((native,))

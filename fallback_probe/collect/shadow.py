@@ -22,8 +22,10 @@ _META = torch.device("meta")
 # A leaf op with no meta kernel runs on zeros of its shapes, on the CPU, up to this many
 # input bytes (the emulation's own limit for placeholders); beyond it the body is not traced.
 MAX_MATERIALIZED_BYTES = 1 << 28
-_SCALARS = (int, float, bool, str, complex, type(None), torch.dtype, torch.device)
-_OTHER_HASHABLE = (torch.memory_format, torch.layout)
+_HASHABLE = (
+    int, float, bool, str, complex, type(None), torch.dtype, torch.device, torch.memory_format,
+    torch.layout,
+)  # fmt: skip
 
 
 class BodyNotTraced(Exception):
@@ -80,7 +82,7 @@ def _sig(x: Any) -> Any:
         return (e.dtype, tuple(e.size()), e.stride(), e.storage_offset())
     if type(x) is list or type(x) is tuple:
         return (type(x), tuple(_sig(v) for v in x))
-    if isinstance(x, _SCALARS) or isinstance(x, _OTHER_HASHABLE):
+    if isinstance(x, _HASHABLE):
         return (type(x), x)
     raise _Unhashable
 
