@@ -198,3 +198,31 @@ def test_a_matrix_opens_what_any_judged_release_treats_as_composite() -> None:
     assert "aten::cummax" in _composites_of((native, composite))
     assert "aten::cummax" in _composites_of((composite, native))
     assert "aten::cummax" not in _composites_of((native,))
+
+
+def test_a_composite_this_torch_runs_as_its_own_kernel_is_not_guessed_native() -> None:
+    # _embedding_bag_backward decomposed in 2.0 (composite_implicit); this torch has kernels
+    # for it, so what 2.0 ran is unknown: not judged, with the reason. 2.15 has an MPS kernel.
+    def bag() -> None:
+        emb = torch.nn.EmbeddingBag(10, 3, mode="sum").to("mps")
+        emb(torch.tensor([[1, 2], [3, 4]], device="mps")).sum().backward()
+
+    with Probe(mode="predict", torch_version="2.0.1") as old:
+        bag()
+    reasons = {n.op: n.reason for n in old.report.not_judged}
+    assert "body not traced" in reasons["aten::_embedding_bag_backward"]
+    assert "aten::_embedding_bag_backward" not in {o.op for o in old.report.ops}
+    with Probe(mode="predict", torch_version="2.15.0") as new:
+        bag()
+    assert not new.report.not_judged
+    assert "aten::_embedding_bag_backward" in {o.op for o in new.report.ops}
+
+
+def test_an_implicit_composite_reaching_the_mode_runs_its_decomposition() -> None:
+    # With autograd off, softmax.int reaches the mode whole; on a Mac the MPS key then runs
+    # the same decomposition, into _softmax.
+    with Probe(mode="predict", torch_version="2.13.0") as p, torch.inference_mode():
+        torch.softmax(torch.randn(3, 4, device="mps"), 1)
+    softmax = next(c for c in p.trace if c.op == "aten::softmax.int")
+    assert [c.op for c in p.trace if c.parent == softmax.index] == ["aten::_softmax"]
+    assert not p.report.not_judged

@@ -45,9 +45,12 @@ NEVER_DECOMPOSE = frozenset(
 
 # In the dispatcher's order for a backend without a kernel of its own (mps-facts §11): the
 # generated wrapper of a structured op outranks the op's own composite kernel (all.dims).
+# A CompositeImplicitAutograd op reaches the mode only where autograd is off (inference
+# mode); there the backend key runs the same decomposition.
 _COMPOSITE_KEYS = (
     DispatchKey.CompositeExplicitAutogradNonFunctional,
     DispatchKey.CompositeExplicitAutograd,
+    DispatchKey.CompositeImplicitAutograd,
 )
 
 
@@ -156,6 +159,9 @@ def _display_path(filename: str, cwd: str | None) -> str:
     return filename if rel.startswith("..") else rel
 
 
+_Facts = tuple[str, bool, "int | None", "DispatchKey | None", bool]
+_NO_BODY = "the installed torch runs it as a kernel of its own, so what it calls is unknown"
+
 # What the hot path files per call; OpCall (a frozen dataclass, ~2 us to build) is made only
 # when the trace is read: (index, op, parent, module, backward, code, line, inputs, outputs,
 # extra).
@@ -196,7 +202,7 @@ class Recorder(TorchDispatchMode):
         # Holding one frame keeps its locals until the next op or the end of the probe.
         self._last_caller: FrameType | None = None
         self._last_source: tuple[CodeType | None, int] = (None, 0)
-        self._ops: dict[Any, tuple[str, bool, int | None, DispatchKey | None]] = {}
+        self._ops: dict[Any, _Facts] = {}
         self.sink: Callable[[OpCall], None] | None = None
         self._counter = itertools.count()
         self._depth = 0  # the mode is re-entered while a composite runs; the tracker is not
@@ -355,18 +361,21 @@ class Recorder(TorchDispatchMode):
                 out.append(found)
         return tuple(out), any_dev
 
-    def _facts(self, func: Any) -> tuple[str, bool, int | None, DispatchKey | None]:
+    def _facts(self, func: Any) -> _Facts:
         """Per overload, once: (name, ignored, index of a transposed flag, the composite
-        kernel to open it with, if it may be opened)."""
+        kernel to open it with, if it may be opened, and whether it should be opened)."""
         name = op_name(func)
         wanted = self._decompose is True or (
             bool(self._decompose) and name in self._decompose  # type: ignore[operator]
         )
+        wanted = (
+            wanted and name not in NEVER_DECOMPOSE and (self._open_views or not _returns_view(func))
+        )
         key = None
-        if wanted and name not in NEVER_DECOMPOSE and (self._open_views or not _returns_view(func)):
+        if wanted:
             has = torch._C._dispatch_has_kernel_for_dispatch_key
             key = next((k for k in _COMPOSITE_KEYS if has(name, k)), None)
-        facts = (name, name.startswith(_IGNORED_NAMESPACES), _TRANSPOSED_ARG.get(name), key)
+        facts = (name, name.startswith(_IGNORED_NAMESPACES), _TRANSPOSED_ARG.get(name), key, wanted)
         self._ops[func] = facts
         return facts
 
@@ -396,7 +405,7 @@ class Recorder(TorchDispatchMode):
     def _dispatch(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
         facts = self._ops.get(func) or self._facts(func)
-        name, ignored, flag, composite_key = facts
+        name, ignored, flag, composite_key, wanted = facts
         if ignored:  # bookkeeping, not computation: on purpose
             return func(*args, **kwargs)
         inputs, in_dev = self._metas(args)
@@ -426,6 +435,11 @@ class Recorder(TorchDispatchMode):
             result = shadow.run_leaf(func, args, kwargs)
         else:
             result, extra = self.run(func, name, args, kwargs)
+        if wanted and not (opened and (on_device or _plain(args))):
+            # A composite in a judged release whose body this torch cannot show (it has a
+            # kernel of its own here, or the call is on another tensor subclass).
+            extra = dict(extra or {})
+            extra["notes"] = (*extra.get("notes", ()), f"{UNTRACED}: {_NO_BODY}")
         if flag is not None and len(args) > flag and args[flag] is True:
             extra = dict(extra or {})
             extra["notes"] = (*extra.get("notes", ()), TRANSPOSED)
