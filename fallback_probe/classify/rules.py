@@ -54,7 +54,9 @@ def _dtype_verdict(call: OpCall, old_macos: bool) -> tuple[Verdict, str] | None:
     return None
 
 
-def _entry_verdict(op: str, entry: OpEntry, release: str) -> tuple[str, Verdict | None, str]:
+def _entry_verdict(
+    op: str, entry: OpEntry, release: str, oplist: OpList
+) -> tuple[str, Verdict | None, str]:
     """Verdict for an op the backend reaches; ``None`` means: judge what it ran instead."""
     status = entry.status
     if entry.error_kernel:
@@ -62,7 +64,12 @@ def _entry_verdict(op: str, entry: OpEntry, release: str) -> tuple[str, Verdict 
     if status is OpStatus.NATIVE:
         return op, Verdict.NATIVE, f"MPS kernel in {release}"
     if status is OpStatus.EXPLICIT_FALLBACK:
-        reached = entry.delegate or op
+        # Registered itself (2.0 linalg_vector_norm): reached as itself. Only an op that
+        # inherits the registration from its delegate (2.0 sgn <- sgn.out) reaches the
+        # delegate, through its generated wrapper.
+        delegate = oplist.get(entry.delegate) if entry.delegate else None
+        inherited = delegate is not None and delegate.status is OpStatus.EXPLICIT_FALLBACK
+        reached = entry.delegate if inherited else op
         via = f" (reaches the backend as {reached})" if reached != op else ""
         return (
             reached,
@@ -148,7 +155,7 @@ def _judge_one(
             entry = oplist.get(target)
             if entry is None:
                 continue
-            name, verdict, reason = _entry_verdict(target, entry, release)
+            name, verdict, reason = _entry_verdict(target, entry, release, oplist)
             if verdict is None:
                 verdict, reason = Verdict.NATIVE, f"decomposes into portable ops ({reason})"
             return Judgement(call, name, verdict, f"{reason}; on MPS {op} runs as {target}")
@@ -157,7 +164,7 @@ def _judge_one(
         known = by_op[op]
     else:
         entry = oplist.get(op)
-        known = by_op[op] = None if entry is None else _entry_verdict(op, entry, release)
+        known = by_op[op] = None if entry is None else _entry_verdict(op, entry, release, oplist)
     if known is None:
         if is_cpu_only(op):
             return Judgement(call, op, None, "a CPU-only kernel with no MPS counterpart known")
