@@ -17,7 +17,7 @@ import torch
 
 from fallback_probe import oplists
 from fallback_probe.api import Probe
-from fallback_probe.collect import shadow
+from fallback_probe.collect import shadow, tracer
 from fallback_probe.collect.intercept import JUDGED_BY_PARTS
 from fallback_probe.records import Verdict
 
@@ -112,6 +112,7 @@ def test_a_body_that_cannot_run_is_not_judged_rather_than_native(monkeypatch) ->
     # _logcumsumexp has no meta kernel: with no room to run it on zeros, logcumsumexp's
     # body stays unknown, and the call must not be called native.
     monkeypatch.setattr(shadow, "MAX_MATERIALIZED_BYTES", 0)
+    monkeypatch.setattr(tracer, "_BODIES", {})  # bodies seen by earlier tests were traced
     with Probe(mode="predict", torch_version="2.3.1") as p:
         torch.logcumsumexp(torch.randn(4, 6, device="mps"), 1)
     judged = {o.op for o in p.report.ops}

@@ -217,7 +217,7 @@ class Recorder(TorchDispatchMode):
         self._tensor_metas: dict[tuple[torch.dtype, torch.Size, bool], TensorMeta] = {}
         # While a body runs on meta copies (shadow.py): its calls, filed relative to it.
         self._pending: list[_Row] | None = None
-        self._bodies: dict[tuple, tuple[tuple[_Row, ...], str | None]] = {}
+        self._bodies = _bodies_for(decompose, open_views)
 
     # -- context -------------------------------------------------------------------------
     def __enter__(self) -> Recorder:
@@ -467,6 +467,8 @@ class Recorder(TorchDispatchMode):
         if body is None:
             body = self._trace_body(func, key, name, margs, mkwargs)  # type: ignore[arg-type]
             if sig is not None:
+                if len(self._bodies) >= _MAX_BODIES:
+                    self._bodies.clear()
                 self._bodies[sig] = body
         rows, failure = body
         extra = None if failure is None else {"notes": (f"{UNTRACED}: {failure}",)}
@@ -552,6 +554,21 @@ class Recorder(TorchDispatchMode):
         finally:
             self._stack.pop()
         self._file(index, name, parent, inputs, (), None)
+
+
+_Body = tuple[tuple[_Row, ...], "str | None"]
+_MAX_BODIES = 4096  # signatures kept per kind of recorder (a few MB at most)
+_BODIES: dict[tuple[Any, bool], dict[tuple, _Body]] = {}
+
+
+def _bodies_for(decompose: bool | Collection[str], open_views: bool) -> dict[tuple, _Body]:
+    """What bodies on meta called, shared by every recorder that opens the same composites:
+    the plugin's probe per test, a benchmark's rounds. Only metadata decides a body on meta
+    (shadow.py), so a signature seen once is known for the rest of the process."""
+    key = (decompose if isinstance(decompose, (bool, frozenset)) else None, open_views)
+    if key[0] is None:  # another collection: not worth a shared entry
+        return {}
+    return _BODIES.setdefault(key, {})
 
 
 def _on_device(t: torch.Tensor) -> bool:
