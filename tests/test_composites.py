@@ -48,6 +48,7 @@ def test_inner_ops_of_composites_on_the_emulated_device(backing: str, capsys) ->
     assert _problems(old.report.ops) == INNER
     assert not old.report.not_judged
     assert not any("status alone" in line for line in old.report.limits)
+    assert not [o.reason for o in old.report.ops if "runs as other ops" in o.reason]
     new = _probe("2.15.0", device=backing)
     assert _problems(new.report.ops) == set()
     assert {o.op for o in new.report.ops} >= INNER  # reached, and native there

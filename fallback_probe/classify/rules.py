@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from fallback_probe.classify.routes import ROUTES, TRANSPOSED_ROUTES, is_cpu_only
 from fallback_probe.oplists import OpEntry, OpList
-from fallback_probe.records import TRANSPOSED, UNTRACED, OpCall, OpStatus, Verdict
+from fallback_probe.records import EMPTY_BODY, TRANSPOSED, UNTRACED, OpCall, OpStatus, Verdict
 
 NO_FLOAT64 = frozenset({"float64", "complex128"})
 NEEDS_MACOS_14 = frozenset({"bfloat16", "complex64"})
@@ -81,6 +81,14 @@ def _entry_verdict(
         via = f" (reaches the backend as {reached})" if reached != op else ""
         return reached, Verdict.FALLBACK, f"no MPS kernel in {release}{via}"
     return op, None, f"{status.value} in {release}"
+
+
+# Composites the recorder never opens other than views, and why each is native on MPS.
+_JUDGED_WHOLE = {
+    "aten::copy_": "copies with MPS's own copy inside its body (Copy.cpp: mps_copy_)",
+    "aten::detach": "metadata only",
+    "aten::lift_fresh": "metadata only",
+}
 
 
 class _Prepared:
@@ -181,7 +189,12 @@ def _judge_one(
     untraced = next((n for n in call.notes if n.startswith(UNTRACED)), None)
     if untraced is not None:  # what it calls is unknown: no verdict rather than a guess
         return Judgement(call, op, None, f"{reason}, and its {untraced}")
-    return Judgement(call, op, Verdict.NATIVE, f"runs as other ops on MPS ({reason})")
+    if EMPTY_BODY in call.notes:
+        return Judgement(call, op, Verdict.NATIVE, f"{reason}; its body calls no other op")
+    # Not opened on purpose (tracer.NEVER_DECOMPOSE, or a view whose body reaches only view
+    # ops, native in every judged list).
+    why = _JUDGED_WHOLE.get(op, "a view: its body reaches only view ops")
+    return Judgement(call, op, Verdict.NATIVE, f"{reason}; {why}")
 
 
 def judge_all(

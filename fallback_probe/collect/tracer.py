@@ -24,7 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from fallback_probe.collect import shadow
 from fallback_probe.collect.modules import module_tracker
-from fallback_probe.records import TRANSPOSED, UNTRACED, OpCall, TensorMeta
+from fallback_probe.records import EMPTY_BODY, TRANSPOSED, UNTRACED, OpCall, TensorMeta
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -215,6 +215,7 @@ class Recorder(TorchDispatchMode):
             self._cwd = None
         self._paths: dict[str, str] = {}
         self._tensor_metas: dict[tuple[torch.dtype, torch.Size, bool], TensorMeta] = {}
+        self._parents: set[int] = set()  # opened composites that called something
         # While a body runs on meta copies (shadow.py): its calls, filed relative to it.
         self._pending: list[_Row] | None = None
         self._bodies = _bodies_for(decompose, open_views)
@@ -416,6 +417,8 @@ class Recorder(TorchDispatchMode):
         index = next(self._counter)
         stack = self._stack
         parent = stack[-1][0] if stack else None
+        if parent is not None:
+            self._parents.add(parent)
         extra: dict[str, Any] | None = None
         on_device = self._handler is not None and (in_dev or _makes_on_device(kwargs))
         opened = composite_key is not None and all(op != name for _, op in stack)
@@ -429,6 +432,10 @@ class Recorder(TorchDispatchMode):
                     result = func._op_dk(composite_key, *args, **kwargs)
             finally:
                 stack.pop()
+            if index in self._parents:
+                self._parents.discard(index)
+            else:
+                extra = {"notes": (EMPTY_BODY,)}
         elif on_device:
             result = self._handler(func, types, args, kwargs)
         elif self._pending is not None:
@@ -471,8 +478,9 @@ class Recorder(TorchDispatchMode):
                     self._bodies.clear()
                 self._bodies[sig] = body
         rows, failure = body
-        extra = None if failure is None else {"notes": (f"{UNTRACED}: {failure}",)}
-        return result, extra, rows
+        if failure is not None:
+            return result, {"notes": (f"{UNTRACED}: {failure}",)}, rows
+        return result, None if rows else {"notes": (EMPTY_BODY,)}, rows
 
     def _trace_body(
         self, func: Any, key: DispatchKey, name: str, args: tuple, kwargs: dict
