@@ -488,9 +488,11 @@ class Recorder(TorchDispatchMode):
         """Run the body on meta tensors, every call in it on the device; its rows are indexed
         from 1, the composite itself being 0."""
         saved = (self._stack, self._counter, self._is_on_device, self._handler, self._pending)
+        saved_parents = self._parents
         pending: list[_Row] = []
         self._stack = [(0, name)]
         self._counter = itertools.count(1)
+        self._parents = set()  # indices here are the body's own
         self._is_on_device = _on_device
         self._handler = None
         self._pending = pending
@@ -503,6 +505,7 @@ class Recorder(TorchDispatchMode):
             pending = []
         finally:
             self._stack, self._counter, self._is_on_device, self._handler, self._pending = saved
+            self._parents = saved_parents
         return tuple(sorted(pending, key=lambda r: r[0])), failure
 
     def _file_body(self, index: int, rows: tuple[_Row, ...]) -> None:
@@ -561,6 +564,7 @@ class Recorder(TorchDispatchMode):
             yield
         finally:
             self._stack.pop()
+            self._parents.discard(index)
         self._file(index, name, parent, inputs, (), None)
 
 
