@@ -238,3 +238,27 @@ def test_an_explicit_fallback_is_reached_as_the_op_that_was_registered() -> None
         torch.linalg.vector_norm(x)
         torch.sgn(x)
     assert _problems(p.report.ops) == {"aten::linalg_vector_norm", "aten::sgn.out"}
+
+
+@pytest.mark.parametrize("emulate", [True, False])
+def test_views_are_opened_when_a_list_lacks_what_they_reach(emulate: bool) -> None:
+    # With as_strided missing, views are opened: expand reaches as_strided (a fallback), while
+    # alias's body dispatches nothing and says so.
+    from dataclasses import replace
+
+    from fallback_probe.oplists import OpList
+    from fallback_probe.records import OpStatus
+
+    base = oplists.load("2.13.0")
+    entries = {e.op: e for e in base.entries()}
+    entries["aten::as_strided"] = replace(entries["aten::as_strided"], status=OpStatus.MISSING)
+    custom = OpList("2.13.0", entries, {"label": "as_strided missing"})
+    with Probe(mode="predict", oplist=custom, emulate=emulate) as p:
+        x = torch.randn(3, 4, device="mps" if emulate else "cpu")
+        torch.ops.aten.alias(x)
+        x.expand(2, 3, 4)
+    rows = {o.op: o for o in p.report.ops}
+    assert rows["aten::as_strided"].verdict is Verdict.FALLBACK
+    assert "aten::expand" not in rows  # judged by what its body reached
+    assert rows["aten::alias"].verdict is Verdict.NATIVE
+    assert rows["aten::alias"].reason.endswith("its body calls no other op")
