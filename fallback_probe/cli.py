@@ -22,7 +22,7 @@ from fallback_probe.records import Verdict
 from fallback_probe.render import Format, render
 from fallback_probe.report import Report
 
-SUBCOMMANDS = ("ops", "oplists", "render", "diff")
+SUBCOMMANDS = ("ops", "oplists", "render", "diff", "selftest")
 _GRACE_SECONDS = 10
 
 
@@ -40,6 +40,11 @@ def _run_parser() -> argparse.ArgumentParser:
         dest="emulate",
         action="store_false",
         help="predict mode: judge every op as if on MPS instead of emulating an mps device",
+    )
+    p.add_argument(
+        "--oplist",
+        help="predict mode: judge against this operator-list file (e.g. written by "
+        "oplists build --from-dispatcher) instead of the shipped lists",
     )
     p.add_argument(
         "--train",
@@ -102,6 +107,7 @@ def _probe_spec(args: argparse.Namespace) -> dict[str, object]:
         "emulate": args.emulate,
         "device_type": args.device_type,
         "fallback_env": args.fallback_env,
+        "oplist": args.oplist,
     }
 
 
@@ -112,6 +118,11 @@ def run_target(args: argparse.Namespace) -> int:
     from fallback_probe.verdicts import make_report
 
     target = Target.parse(args.target, tuple(args.args))
+    oplist = None
+    if args.oplist:
+        from fallback_probe import oplists
+
+        oplist = oplists.load_file(args.oplist)  # fails before the model runs
     if args.torch_version not in (None, "all"):
         from fallback_probe import oplists
 
@@ -165,7 +176,7 @@ def run_target(args: argparse.Namespace) -> int:
         col.error = col.error or f"the model's process died (exit status {code})"
     if not col.complete and code == ExitCode.OK:
         code = ExitCode.MODEL_FAILED
-    report = make_report(col, args.torch_version, args.macos)
+    report = make_report(col, args.torch_version, args.macos, oplist)
     _emit(report, args)
     if code != ExitCode.OK:
         return ExitCode.MODEL_FAILED
@@ -209,7 +220,15 @@ def _dispatch(argv: list[str]) -> int:
             from fallback_probe.oplists.cli import ops_main
 
             return ops_main(rest)
+        if cmd == "selftest":
+            from fallback_probe.selftest_cli import selftest_main
+
+            return selftest_main(rest)
         if cmd == "oplists":
+            if rest[:1] == ["build"] and "--from-dispatcher" in rest:
+                from fallback_probe.oplists.dispatcher import from_dispatcher_main
+
+                return from_dispatcher_main(rest[1:])
             if not rest or rest[0] != "build":
                 raise ProbeError("usage: fallback-probe oplists build --torch-version X.Y.Z")
             from fallback_probe.oplists.cli import build_main
