@@ -14,6 +14,7 @@ from __future__ import annotations
 import fnmatch
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -113,7 +114,16 @@ def opinfo_cases(
     """
     import torch
 
-    for info in require_opinfo():
+    with _untracked_samples():
+        yield from _opinfo_cases(require_opinfo(), pattern, max_samples, seed)
+
+
+def _opinfo_cases(
+    infos: Any, pattern: str, max_samples: int | None, seed: int
+) -> Iterator[tuple[str, list[Case]]]:
+    import torch
+
+    for info in infos:
         name = info.name + (f".{info.variant_test_name}" if info.variant_test_name else "")
         if not fnmatch.fnmatchcase(name, pattern):
             continue
@@ -189,6 +199,24 @@ def sweep(
             bad = len(result.disagreements)
             progress(f"[{release}] {n} OpInfos, {len(result.calls)} calls, {bad} disagree: {name}")
     return result
+
+
+@contextmanager
+def _untracked_samples() -> Iterator[None]:
+    """Sample iterators without torch's test-name tracking: it walks ``inspect.stack()`` per
+    iterator, which is most of a sweep's time, to name a failing test we do not have."""
+    from torch.testing._internal import common_utils
+    from torch.testing._internal.opinfo import core
+
+    modules = [m for m in (common_utils, core) if hasattr(m, "extract_test_fn")]
+    saved = [m.extract_test_fn for m in modules]
+    for module in modules:
+        module.extract_test_fn = lambda: None  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        for module, fn in zip(modules, saved, strict=True):
+            module.extract_test_fn = fn  # type: ignore[attr-defined]
 
 
 # -- running one case under one probe ---------------------------------------------------------

@@ -39,6 +39,9 @@ def test_explain_needs_every_differing_op_covered_on_its_side() -> None:
     assert explain(item("cholesky", {}, {"aten::cholesky": "fallback"}), EXAMPLE) == "skew"
     # The same op on the other side is not this explanation.
     assert explain(item("cholesky", {"aten::cholesky": "fallback"}, {}), EXAMPLE) is None
+    # On both sides with different verdicts: not an "observed only" difference either.
+    both_sides = item("cholesky", {"aten::cholesky": "fallback"}, {"aten::cholesky": "unsupported"})
+    assert explain(both_sides, EXAMPLE) is None
     # A second differing op that nothing explains leaves the call unexplained.
     both = {"aten::cholesky": "fallback", "aten::sin.out": "fallback"}
     assert explain(item("cholesky", {}, both), EXAMPLE) is None
