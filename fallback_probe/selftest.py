@@ -112,7 +112,6 @@ def opinfo_cases(
 
     ``max_samples`` keeps the first N samples of each OpInfo (every OpInfo stays covered).
     """
-    import torch
 
     with _untracked_samples():
         yield from _opinfo_cases(require_opinfo(), pattern, max_samples, seed)

@@ -31,7 +31,13 @@ def item(opinfo: str, predicted: dict[str, str], observed: dict[str, str]) -> di
 
 
 EXAMPLE = [
-    {"id": "skew", "ops": ["aten::cholesky"], "side": "observed", "reason": "r", "counts": {"2.15.0": 1}},
+    {
+        "id": "skew",
+        "ops": ["aten::cholesky"],
+        "side": "observed",
+        "reason": "r",
+        "counts": {"2.15.0": 1},
+    },
 ]
 
 

@@ -44,8 +44,8 @@ def test_selftest_on_fpdev_prints_the_agreement() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
-        "selftest: torch {}, predicted for 2.8.0, observed on fpdev: 8 OpInfos, 16 calls, "
-        "16 agree, 0 disagree, 0 not compared (the call failed)".format(_torch())
+        f"selftest: torch {_torch()}, predicted for 2.8.0, observed on fpdev: 8 OpInfos, 16 calls, "
+        "16 agree, 0 disagree, 0 not compared (the call failed)"
     ]
     assert "[2.8.0] 8 OpInfos, 16 calls, 0 disagree: addcdiv" in done.stderr  # progress
 
