@@ -11,6 +11,7 @@ Used by ``fallback-probe selftest`` and ``python -m tests.differential`` alike.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -185,11 +186,11 @@ def sweep(
     oplist: Any = None,
     progress: Callable[[str], None] | None = None,
 ) -> SweepResult:
-    """The whole sweep for one release; ``extra`` adds client cases after the OpInfos."""
+    """The whole sweep for one release: the OpInfos, the client models, then ``extra``."""
     from itertools import chain
 
     result = SweepResult(release)
-    groups = chain(opinfo_cases(pattern, max_samples), extra)
+    groups = chain(opinfo_cases(pattern, max_samples), client_cases(pattern), extra)
     for n, (name, cases) in enumerate(groups, 1):
         result.opinfos += 1
         for case in cases:
@@ -216,6 +217,41 @@ def _untracked_samples() -> Iterator[None]:
     finally:
         for module, fn in zip(modules, saved, strict=True):
             module.extract_test_fn = fn  # type: ignore[attr-defined]
+
+
+def client_cases(pattern: str = "*") -> Iterator[tuple[str, list[Case]]]:
+    """A few models as users write them (``client.*``), next to the OpInfos: the paths that
+    only whole modules take (convolution routes, batch norm, attention, LSTM)."""
+    import torch
+    from torch import nn
+
+    def conv_net() -> nn.Module:
+        return nn.Sequential(
+            nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(36, 5),
+        )  # fmt: skip
+
+    def encoder() -> nn.Module:
+        return nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+
+    def lstm() -> nn.Module:
+        return nn.LSTM(4, 6, batch_first=True)
+
+    models: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
+        "client.conv_net": (conv_net, (2, 3, 8, 8)),
+        "client.transformer_encoder_layer": (encoder, (2, 5, 8)),
+        "client.lstm": (lstm, (2, 5, 4)),
+    }
+    for name, (make, shape) in models.items():
+        if not fnmatch.fnmatchcase(name, pattern):
+            continue
+        torch.manual_seed(0)
+        model, x = make(), torch.randn(shape)
+
+        def run(device: str, model: nn.Module = model, x: torch.Tensor = x) -> Any:
+            return copy.deepcopy(model).to(device)(x.to(device))  # .to() moves in place
+
+        yield name, [Case(name, 0, run, True, f"T{list(shape)}")]
 
 
 # -- running one case under one probe ---------------------------------------------------------

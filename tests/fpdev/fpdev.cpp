@@ -23,6 +23,8 @@
 #include <ATen/ops/convolution_backward.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/matmul.h>
+#include <ATen/ops/max_pool2d_with_indices.h>
+#include <ATen/ops/max_pool2d_with_indices_backward.h>
 #include <ATen/native/CPUFallback.h>
 #include <ATen/native/Resize.h>
 #include <ATen/ops/_local_scalar_dense.h>
@@ -547,6 +549,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mps_only_linear_backward(const at
   return {adopt_or_undefined(gi), adopt_or_undefined(gw), adopt_or_undefined(gb)};
 }
 
+// max_pool2d_backward: MPS kernel only (MPS has max_pool2d itself); the CPU computes it from
+// max_pool2d_with_indices.
+at::Tensor mps_only_max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& self,
+                                        at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                        at::IntArrayRef dilation, bool ceil_mode) {
+  at::DisableRecordFunctionGuard unseen;
+  const auto input = host(self);
+  const auto indices = std::get<1>(at::max_pool2d_with_indices(input, kernel_size, stride, padding, dilation, ceil_mode));
+  return adopt(at::max_pool2d_with_indices_backward(host(grad_output), input, kernel_size, stride, padding, dilation,
+                                                    ceil_mode, indices),
+               {});
+}
+
 std::vector<std::unique_ptr<torch::Library>>& libraries() {
   static std::vector<std::unique_ptr<torch::Library>> libs;
   return libs;
@@ -593,6 +608,7 @@ int64_t configure(const std::vector<std::pair<std::string, std::string>>& kernel
       if (name == "convolution_overrideable") lib->impl(name.c_str(), TORCH_FN(route_convolution));
       else if (name == "convolution_backward_overrideable") lib->impl(name.c_str(), TORCH_FN(route_convolution_backward));
       else if (name == "linear_backward") lib->impl(name.c_str(), TORCH_FN(mps_only_linear_backward));
+      else if (name == "max_pool2d_backward") lib->impl(name.c_str(), TORCH_FN(mps_only_max_pool2d_backward));
       else TORCH_CHECK(false, "fpdev knows no device route for ", name);
     } else {
       TORCH_CHECK(false, "unknown fpdev kernel kind '", kind, "' for ", name);
