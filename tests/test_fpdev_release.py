@@ -93,6 +93,9 @@ def test_native_runs_unseen_missing_falls_back_seen() -> None:
             "kthvalue": seen(lambda: torch.kthvalue(x, 2, 1)),
             "svd": seen(lambda: torch.linalg.svd(x)),
             "right": bool(torch.allclose(x.sin().cpu(), x.cpu().sin())),
+            # A CPU scalar first: an MPS kernel still returns a device tensor.
+            "scalar_first": str(torch.mul(torch.tensor(2.0), x).device),
+            "to_cpu_device": str(x.to("cpu").device),
         })
         """,
         "2.8.0",
@@ -104,6 +107,8 @@ def test_native_runs_unseen_missing_falls_back_seen() -> None:
     assert result["kthvalue"]["to_cpu"] == ["aten::kthvalue"]
     assert result["svd"]["warned"] == ["aten::linalg_svd"]
     assert result["right"]
+    assert result["scalar_first"] == "fpdev:0"
+    assert result["to_cpu_device"] == "cpu"
 
 
 def test_explicit_fallback_without_the_variable_and_error_kernel() -> None:

@@ -439,9 +439,45 @@ void error_fallback(const c10::OperatorHandle& op, torch::jit::Stack* /*stack*/)
 // An op with an MPS kernel in V: the CPU computation, run without a warning and out of the
 // profiler's sight. cpu_fallback does the argument moving; the guard hides its _to_cpu and
 // copy events, so the call looks like any native kernel (an aten::X event with no _to_cpu).
+// cpu_fallback sends results to the device of the *first* tensor argument, which can be a CPU
+// scalar (`1 - x` is rsub(x, tensor(1)) ... `where(c, 0.0, x)`); an MPS kernel returns MPS
+// tensors, so without a Device argument the results go to fpdev whenever an input is there.
 void native_kernel(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   at::DisableRecordFunctionGuard unseen;
+  const auto n_args = op.schema().arguments().size();
+  bool device_arg = false;
+  bool on_fpdev = false;
+  for (size_t i = stack->size() - n_args; i < stack->size(); ++i) {
+    const auto& arg = (*stack)[i];
+    if (arg.isDevice()) {
+      device_arg = true;
+    } else if (arg.isTensor()) {
+      on_fpdev |= arg.toTensor().defined() && arg.toTensor().device().type() == kType;
+    } else if (arg.isTensorList()) {
+      for (const auto& t : arg.toTensorVector()) {
+        on_fpdev |= t.defined() && t.device().type() == kType;
+      }
+    }
+  }
   at::native::cpu_fallback(op, stack);
+  if (device_arg || !on_fpdev) {
+    return;
+  }
+  const auto n_returns = op.schema().returns().size();
+  for (size_t i = stack->size() - n_returns; i < stack->size(); ++i) {
+    auto& ret = (*stack)[i];
+    if (ret.isTensor() && ret.toTensor().defined() && ret.toTensor().is_cpu()) {
+      ret = ret.toTensor().to(kDevice);
+    } else if (ret.isTensorList()) {
+      auto tensors = ret.toTensorVector();
+      for (auto& t : tensors) {
+        if (t.defined() && t.is_cpu()) {
+          t = t.to(kDevice);
+        }
+      }
+      ret = c10::IValue(c10::List<at::Tensor>(tensors));
+    }
+  }
 }
 
 // A CPU tensor over the same bytes as an fpdev tensor (whole storage, same offset), so a view
