@@ -31,7 +31,8 @@ def _run_parser() -> argparse.ArgumentParser:
         prog="fallback-probe",
         usage="fallback-probe TARGET [options] [-- script args...]",
         description="Which ops of a PyTorch model fall back from MPS to the CPU. "
-        "Other commands: fallback-probe ops | oplists build | render | diff (each has --help).",
+        "Other commands: fallback-probe ops | oplists build|verify | render | diff | selftest "
+        "(each has --help).",
     )
     p.add_argument("target", help="script.py (run as __main__) or file.py:function")
     add_options(p.add_argument)
@@ -45,6 +46,11 @@ def _run_parser() -> argparse.ArgumentParser:
         "--oplist",
         help="predict mode: judge against this operator-list file (e.g. written by "
         "oplists build --from-dispatcher) instead of the shipped lists",
+    )
+    p.add_argument(
+        "--torchvision-version",
+        help="predict mode: judge torchvision:: ops against this torchvision release "
+        "(default: the one paired with each judged torch release)",
     )
     p.add_argument(
         "--train",
@@ -127,6 +133,11 @@ def run_target(args: argparse.Namespace) -> int:
         from fallback_probe import oplists
 
         oplists.resolve_release(args.torch_version)
+    if args.torchvision_version:
+        from fallback_probe.oplists import torchvision
+
+        chosen = torchvision.document(args.torchvision_version)["torchvision_version"]
+        os.environ[torchvision.ENV] = chosen  # read by oplists.load here and in the child
     env = dict(os.environ)
     env[args.fallback_env or fallback_env_for(args.device_type)] = "1"
     with tempfile.TemporaryDirectory(prefix="fallback-probe-") as tmp:
@@ -229,11 +240,9 @@ def _dispatch(argv: list[str]) -> int:
                 from fallback_probe.oplists.dispatcher import from_dispatcher_main
 
                 return from_dispatcher_main(rest[1:])
-            if not rest or rest[0] != "build":
-                raise ProbeError("usage: fallback-probe oplists build --torch-version X.Y.Z")
-            from fallback_probe.oplists.cli import build_main
+            from fallback_probe.oplists.cli import oplists_main
 
-            return build_main(rest[1:])
+            return oplists_main(rest)
         if cmd == "render":
             return render_main(rest)
         return diff_main(rest)
