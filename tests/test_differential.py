@@ -91,18 +91,19 @@ def test_the_oracle_fails_when_the_predictor_is_wrong() -> None:
         for op in ("aten::sin", "aten::sin.out"):
             ol._entries[op] = OpEntry(op, OpStatus.MISSING, "aten::sin.out" if op == "aten::sin" else None)
         from fallback_probe.selftest import sweep
-        r = sweep("2.8.0", "fpdev", "FPDEV_ENABLE_FALLBACK", pattern="sin", max_samples=2)
+        r = sweep("2.8.0", "fpdev", "FPDEV_ENABLE_FALLBACK", pattern="sin", max_samples=3)
         print("RESULT:" + json.dumps(r.summary()))
         """
     )
     done = run_in_subprocess(code, {RELEASE_VAR: "2.8.0", ENV_VAR: "1"})
     assert done.returncode == 0, done.stderr
     summary = json.loads(next(x[7:] for x in done.stdout.splitlines() if x.startswith("RESULT:")))
-    assert summary["opinfos"] == 1 and summary["calls"] == 4  # 2 samples, forward + backward
-    forward = [d for d in summary["disagree"] if d["sample"].endswith("forward")]
-    assert len(forward) == 2
-    assert forward[0]["predicted"] == {"aten::sin.out": "fallback"}
-    assert forward[0]["observed"] == {}
+    assert summary["opinfos"] == 1 and summary["calls"] >= 2
+    samples = summary["calls"] // 2  # each sin sample runs forward and backward
+    forward = [d for d in summary["disagree"] if d["sample"].endswith("/forward")]
+    assert len(forward) == samples == len(summary["disagree"])  # backward (cos, mul) agrees
+    assert all(d["predicted"] == {"aten::sin.out": "fallback"} for d in forward)
+    assert all(d["observed"] == {} for d in forward)
 
 
 @pytest.mark.usefixtures("fpdev_build")
