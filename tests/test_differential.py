@@ -56,6 +56,12 @@ def test_explain_needs_every_differing_op_covered_on_its_side() -> None:
     assert explain(item("x", {"aten::sin.out": "fallback"}, shared), EXAMPLE) == "skew"
 
 
+def test_explain_limited_to_its_opinfos() -> None:
+    only = [{**EXAMPLE[0], "opinfos": ["cholesky*"]}]
+    assert explain(item("cholesky", {}, {"aten::cholesky": "fallback"}), only) == "skew"
+    assert explain(item("linalg.cholesky", {}, {"aten::cholesky": "fallback"}), only) is None
+
+
 def test_check_fails_on_unexplained_and_on_counts_above_the_list() -> None:
     one = item("cholesky", {}, {"aten::cholesky": "fallback"})
     ok = {"releases": {"2.15.0": {"disagree": [one]}}}

@@ -8,6 +8,7 @@ device and observed live on fpdev. Disagreements are matched against ``explained
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import subprocess
@@ -90,9 +91,14 @@ def differing_ops(item: dict[str, Any]) -> set[str]:
 
 
 def explain(item: dict[str, Any], explained: list[dict[str, Any]]) -> str | None:
-    """The id of the explanation that covers every differing op of ``item``, if one does."""
+    """The id of the explanation that covers every differing op of ``item``, if one does.
+
+    An entry with ``opinfos`` (globs) explains only calls of those OpInfos."""
     ops = differing_ops(item)
     for entry in explained:
+        globs = entry.get("opinfos")
+        if globs and not any(fnmatch.fnmatchcase(item["opinfo"], g) for g in globs):
+            continue
         if ops and all(_covers(entry, op, item) for op in ops):
             return entry["id"]
     return None
