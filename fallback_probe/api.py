@@ -17,6 +17,7 @@ from fallback_probe.collect.mode import decide
 from fallback_probe.oplists import OpList
 from fallback_probe.records import Mode, OpCall, OpStatus
 from fallback_probe.report import Report
+from fallback_probe.tracebacks import hide_probe_frames
 from fallback_probe.verdicts import make_report
 
 DEFAULT_FALLBACK_ENV = {"mps": "PYTORCH_ENABLE_MPS_FALLBACK"}
@@ -37,6 +38,7 @@ class Probe:
         macos: str | None = None,
         device: Literal["cpu", "meta"] = "cpu",
         emulate: bool = True,
+        stop_at_refusal: bool = False,
         device_type: str = "mps",
         fallback_env: str | None = None,
         oplist: OpList | None = None,
@@ -46,6 +48,7 @@ class Probe:
         self.macos = macos
         self.backing = device
         self.emulate = emulate
+        self.stop_at_refusal = stop_at_refusal
         self.device_type = device_type
         self.fallback_env = fallback_env or fallback_env_for(device_type)
         self.oplist = oplist
@@ -116,13 +119,15 @@ class Probe:
         from fallback_probe.collect.intercept import directly_registered_composites, intercepting
         from fallback_probe.collect.tracer import Recorder
 
-        is_on_device = handler = None
+        is_on_device = handler = refused = None
         if self.emulate:
             from fallback_probe.collect.emulate import emulated_mps
 
-            self._emulation = stack.enter_context(emulated_mps(self.backing))
+            emu = emulated_mps(self.backing, stop_at_refusal=self.stop_at_refusal, macos=self.macos)
+            self._emulation = stack.enter_context(emu)
             is_on_device = self._emulation.is_emulated
             handler = self._emulation.dispatch
+            refused = self._emulation.take_refusal
         elif self.backing == "meta":
             self._col.limits.append("--device meta needs emulation; ran on the CPU instead.")
         lists = self._judged_lists()
@@ -130,6 +135,7 @@ class Probe:
             is_on_device=is_on_device,
             decompose=_composites_of(lists),
             handler=handler,
+            refused=refused,
             open_views=not _views_native(lists),
         )
         rec.sink = self.sink
@@ -163,6 +169,8 @@ class Probe:
             if exc_type is not None:
                 col.complete = False
                 col.error = _describe(exc_type, exc)
+                if exc is not None:
+                    hide_probe_frames(exc)
             self._add_notes(col)
             self.collection = col
         return False
@@ -184,8 +192,9 @@ class Probe:
         )
         for op, where in getattr(emu, "placeholders", ()):
             col.limits.append(f"{op} at {where} returned a placeholder (no data on meta).")
-        for message, where in getattr(emu, "rejections", ()):
-            col.limits.append(f"A Mac would refuse this at {where}: {message}")
+        for refusal in emu.refusals:
+            if not refusal.on_op:  # the others are unsupported verdicts, with this error
+                col.limits.append(f"A Mac would refuse this at {refusal.where}: {refusal.error}")
 
 
 @lru_cache(maxsize=8)

@@ -42,6 +42,13 @@ def _run_parser() -> argparse.ArgumentParser:
         help="predict mode: judge every op as if on MPS instead of emulating an mps device",
     )
     p.add_argument(
+        "--stop-at-refusal",
+        action="store_true",
+        help="predict mode: stop at the first thing a Mac refuses (float64, mixed devices, "
+        ".numpy() of an mps tensor), raising its error as a Mac does, instead of listing "
+        "every refusal as unsupported and running on",
+    )
+    p.add_argument(
         "--train",
         action="store_true",
         help="file.py:function targets: also run backward and one optimizer step",
@@ -100,6 +107,7 @@ def _probe_spec(args: argparse.Namespace) -> dict[str, object]:
         "macos": args.macos,
         "device": args.device,
         "emulate": args.emulate,
+        "stop_at_refusal": args.stop_at_refusal,
         "device_type": args.device_type,
         "fallback_env": args.fallback_env,
     }

@@ -165,6 +165,8 @@ class Recorder(TorchDispatchMode):
 
     ``handler`` is the emulated device's ``__torch_dispatch__``: an op on its tensors is handed
     to it directly instead of going back through the dispatcher (one Python layer per op).
+    ``refused`` then says whether a Mac would have raised on that op (the error is filed on
+    its record, and the classifier judges it unsupported).
     ``open_views=False`` judges composite view ops (``t``, ``transpose``, ``expand``) whole:
     their bodies only reach other views and ``as_strided``, so when those are native in every
     judged release, opening them would cost two dispatch levels and tell nothing.
@@ -176,6 +178,7 @@ class Recorder(TorchDispatchMode):
         is_on_device: Callable[[torch.Tensor], bool] | None = None,
         decompose: bool | Collection[str] = False,
         handler: Callable[..., Any] | None = None,
+        refused: Callable[[], str | None] | None = None,
         open_views: bool = True,
     ) -> None:
         super().__init__()
@@ -184,6 +187,7 @@ class Recorder(TorchDispatchMode):
         self._is_on_device = is_on_device
         self._decompose = decompose
         self._handler = handler
+        self._refused = refused  # the error a Mac prints for the op just handled, if any
         self._stack: list[tuple[int, str]] = []  # open composite calls: (index, op)
         self._tracker = module_tracker()
         self._internal_code: dict[int, tuple[CodeType, bool]] = {}
@@ -418,6 +422,10 @@ class Recorder(TorchDispatchMode):
                 stack.pop()
         elif self._handler is not None and (in_dev or _makes_on_device(kwargs)):
             result = self._handler(func, types, args, kwargs)
+            if self._refused is not None:
+                error = self._refused()
+                if error is not None:
+                    extra = {"error": error}
         else:
             result, extra = self.run(func, name, args, kwargs)
         if flag is not None and len(args) > flag and args[flag] is True:

@@ -19,9 +19,9 @@ from torch.utils._python_dispatch import _disable_current_modes
 
 from .aliasing import _MISSING, _PLANS, _SELF, _alias_plan, _apply_plan
 from .common import _CPU, MPS_DEVICE, _is_mps, _make_wrapper, _NoSubclassTF, _Tensor
-from .mixing import _MIXED_OPS, _call_off_device, _kwargs_mix, _seq_mixes
+from .mixing import _MIXED_OPS, _call_off_device, _kwargs_mix, _retry_on_device, _seq_mixes
 from .modules import _compatible_shallow_copy_type
-from .refusals import _UNSUPPORTED_DTYPES, MIXED_DEVICE_MESSAGE, NUMPY_MESSAGE
+from .refusals import MIXED_DEVICE_MESSAGE, NUMPY_MESSAGE
 
 if TYPE_CHECKING:
     from .emulation import Emulation
@@ -69,7 +69,11 @@ class _MPSTensorBase(torch.Tensor):
     def numpy(self, *, force: bool = False) -> Any:  # type: ignore[override]
         if force:
             return self.detach().cpu().numpy()
-        raise self._emu._reject(TypeError(NUMPY_MESSAGE))
+        # A Mac raises. Listed instead: the copy to the CPU that ``.numpy()`` stands for is
+        # the op marked with the error, and the script gets the values it asked for.
+        emu = self._emu
+        emu._refuse(TypeError, NUMPY_MESSAGE, "numpy")
+        return emu._raw_to_plain(self, _CPU, None, None).numpy()
 
     def tolist(self) -> Any:  # type: ignore[override]
         return self._emu._raw_to_plain(self.detach(), _CPU, None, None).tolist()
@@ -193,11 +197,12 @@ class _MPSTensorBase(torch.Tensor):
                 return func(*args, **(kwargs or {}))
         except RuntimeError as err:
             # A C++ device check of a composite (stft, ...) saw the meta backing: say mps.
-            if emu._meta and "meta" in str(err):
-                raise emu._reject(RuntimeError(str(err).replace("meta", str(MPS_DEVICE)))) from None
-            raise
+            if not (emu._meta and "meta" in str(err)):
+                raise
+            message = str(err).replace("meta", str(MPS_DEVICE))
         finally:
             emu._mixed_calls -= 1
+        return _retry_on_device(cls, func, args, kwargs or {}, message)
 
     # -- running ops ------------------------------------------------------------------------
 
@@ -246,7 +251,8 @@ class _MPSTensorBase(torch.Tensor):
             and func.overloadpacket not in _MIXED_OPS
             and (_seq_mixes(cls, args) or (kwargs and _kwargs_mix(cls, kwargs)))
         ):
-            raise emu._reject(RuntimeError(MIXED_DEVICE_MESSAGE))
+            # Listed (unless stopping): the CPU tensors are used as if they were on mps.
+            emu._refuse(RuntimeError, MIXED_DEVICE_MESSAGE, "mixed devices")
         if emu._meta:
             out = emu._run_meta(func, uargs, ukwargs, wrap)
         else:
@@ -262,7 +268,7 @@ class _MPSTensorBase(torch.Tensor):
             return out
         if type(out) is _Tensor:
             # Emulation._wrap, inlined: this runs for nearly every op.
-            if out.dtype in _UNSUPPORTED_DTYPES or out.requires_grad:
+            if out.dtype in emu._refused_dtypes or out.requires_grad:
                 return emu._wrap(out)
             w = _make_wrapper(
                 cls, out.size(), out.stride(), out.storage_offset(), dtype=out.dtype,
