@@ -95,7 +95,7 @@ def emulated_mps(
         for owner in (torch, torch.serialization):
             _patch(stack, owner, "save", save)
             _patch(stack, owner, "load", load)
-        _patch_device_api(stack, emu)
+        _patch_device_api(stack, emu, macos)
 
         if emu._meta:
             mode = _MetaInitMode()

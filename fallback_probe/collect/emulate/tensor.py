@@ -18,6 +18,7 @@ import torch
 from torch.utils._python_dispatch import _disable_current_modes
 
 from .aliasing import _MISSING, _PLANS, _SELF, _alias_plan, _apply_plan
+from .autocast import autocast_call
 from .common import _CPU, MPS_DEVICE, _is_mps, _make_wrapper, _NoSubclassTF, _Tensor
 from .mixing import _MIXED_OPS, _call_off_device, _kwargs_mix, _retry_on_device, _seq_mixes
 from .modules import _compatible_shallow_copy_type
@@ -172,6 +173,9 @@ class _MPSTensorBase(torch.Tensor):
         special = _TF_SPECIAL.get(func)
         if special is not None:
             return special(*args, **(kwargs or {}))
+        autocast = cls._emu._autocast
+        if autocast is not None:  # inside torch.autocast("mps"): cast as a Mac would
+            args, kwargs = autocast_call(cls, autocast, func, args, kwargs or {})
         if kwargs:
             device = kwargs.get("device")
             if device is not None and not _is_mps(device) and type(func) is not _OpOverload:
