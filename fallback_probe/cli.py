@@ -31,7 +31,7 @@ def _run_parser() -> argparse.ArgumentParser:
         prog="fallback-probe",
         usage="fallback-probe TARGET [options] [-- script args...]",
         description="Which ops of a PyTorch model fall back from MPS to the CPU. "
-        "Other commands: fallback-probe ops | oplists build | render | diff (each has --help).",
+        "Other commands: fallback-probe ops | oplists build|verify | render | diff (each has --help).",
     )
     p.add_argument("target", help="script.py (run as __main__) or file.py:function")
     add_options(p.add_argument)
@@ -47,6 +47,11 @@ def _run_parser() -> argparse.ArgumentParser:
         help="predict mode: stop at the first thing a Mac refuses (float64, mixed devices, "
         ".numpy() of an mps tensor), raising its error as a Mac does, instead of listing "
         "every refusal as unsupported and running on",
+    )
+    p.add_argument(
+        "--torchvision-version",
+        help="predict mode: judge torchvision:: ops against this torchvision release "
+        "(default: the one paired with each judged torch release)",
     )
     p.add_argument(
         "--train",
@@ -124,6 +129,11 @@ def run_target(args: argparse.Namespace) -> int:
         from fallback_probe import oplists
 
         oplists.resolve_release(args.torch_version)
+    if args.torchvision_version:
+        from fallback_probe.oplists import torchvision
+
+        chosen = torchvision.document(args.torchvision_version)["torchvision_version"]
+        os.environ[torchvision.ENV] = chosen  # read by oplists.load here and in the child
     env = dict(os.environ)
     env[args.fallback_env or fallback_env_for(args.device_type)] = "1"
     with tempfile.TemporaryDirectory(prefix="fallback-probe-") as tmp:
@@ -218,11 +228,9 @@ def _dispatch(argv: list[str]) -> int:
 
             return ops_main(rest)
         if cmd == "oplists":
-            if not rest or rest[0] != "build":
-                raise ProbeError("usage: fallback-probe oplists build --torch-version X.Y.Z")
-            from fallback_probe.oplists.cli import build_main
+            from fallback_probe.oplists.cli import oplists_main
 
-            return build_main(rest[1:])
+            return oplists_main(rest)
         if cmd == "render":
             return render_main(rest)
         return diff_main(rest)

@@ -101,4 +101,8 @@ def make_report(
     judged = per_release.get(reference)
     if judged is None:
         judged = judge(col.trace, oplists.load(reference), macos)
+    if any(j.verdict is not None and j.op.startswith("torchvision::") for j in judged):
+        paired = oplists.load(reference).release_of("torchvision::")
+        each = " (each release of the matrix with its own)" if matrix else ""
+        limits.append(f"torchvision:: ops were judged against {paired}{each}.")
     return _report(col, Target(reference, macos, col.device_type), judged, limits, matrix)
