@@ -31,6 +31,9 @@ NUMPY_MESSAGE = (
     "can't convert mps:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor "
     "to host memory first."
 )
+TENSOR_SPLIT_MESSAGE = (
+    "tensor_split expected tensor_indices_or_sections to be on cpu, but it's on mps:0"
+)
 # Below macOS 14 (torch 2.3-2.8: aten/src/ATen/native/mps/OperationUtils.mm); torch 2.9 and
 # newer need macOS 14 for the whole MPS backend.
 BFLOAT16_MESSAGE = "MPS BFloat16 is only supported on MacOS 14 or newer"
@@ -63,7 +66,7 @@ def _major(macos: str) -> int:
 class Refusal:
     """One place where a Mac raises: what it prints, and where in the user's code."""
 
-    kind: str  # "dtype", "mixed devices" or "numpy"
+    kind: str  # "dtype", "mixed devices", "numpy" or "cpu argument"
     error: str  # "TypeError: Cannot convert a MPS Tensor to float64 ...", as a Mac prints it
     where: str  # the user's "file:line", "" if unknown
     on_op: bool = False  # the recorder marked an op with it (it is in the report's verdicts)
