@@ -50,7 +50,6 @@ class Emulation:
         self._loaded_keys: set[int] = set()
         self._memory_fraction = 0.0
         self._autocast: torch.dtype | None = None  # dtype of the torch.autocast("mps") in force
-        self._call: tuple[Any, ...] | None = None  # the user's torch call being run, if any
         self._cls: type[_MPSTensorBase] = type(
             "MPSTensor",
             (_MPSTensorBase,),

@@ -10,6 +10,7 @@ tensors that must *not* trip the check); the ATen ops such a call reaches then d
 from __future__ import annotations
 
 import copy
+import sys
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -180,22 +181,6 @@ class _MPSTensorBase(torch.Tensor):
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
-        emu = cls._emu
-        if emu._call is not None:  # nested (a cast, type_as): the outermost call is the user's
-            return cls._torch_call(func, args, kwargs)
-        emu._call = (func, args, kwargs)
-        try:
-            return cls._torch_call(func, args, kwargs)
-        finally:
-            emu._call = None
-
-    @classmethod
-    def _torch_call(
-        cls,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any] | None,
-    ) -> Any:
         special = _TF_SPECIAL.get(func)
         if special is not None:
             return special(*args, **(kwargs or {}))
@@ -291,7 +276,7 @@ class _MPSTensorBase(torch.Tensor):
             # A conj/neg bit on the backing that the wrapper does not carry would reach CPU
             # kernels that refuse it (view_as_real in fft.hfft): the view is materialized.
             out = out.resolve_conj().resolve_neg()
-        if emu._call is not None and (type(out) is not _Tensor or out.dtype in _ARTIFACTS):
+        if type(out) is not _Tensor or out.dtype in _ARTIFACTS:
             out = _downcast_artifact(emu, cls, func, args, uargs, ukwargs, out, wrap)
         plan = _PLANS.get(func, _MISSING)
         if plan is _MISSING:
@@ -371,7 +356,10 @@ def _downcast_artifact(
     outs = out if isinstance(out, (tuple, list)) else (out,)
     if not any(isinstance(o, torch.Tensor) and o.dtype in _ARTIFACTS for o in outs):
         return out
-    if func.overloadpacket is _aten_to_copy or _asks_for_double(*emu._call):
+    call = _user_call()
+    if call is None:
+        return out  # not inside a torch call of the script: made as the script asked
+    if func.overloadpacket is _aten_to_copy or _asks_for_double(*call):
         return out  # a conversion (autograd's casts of gradients), or the script's own double
     for a in args:  # double already on the device (a gradient of a double graph): genuine
         for x in a if type(a) is list or type(a) is tuple else (a,):
@@ -394,6 +382,20 @@ def _downcast_artifact(
     return func._op(*args, **kwargs)
 
 
+def _user_call() -> tuple[Any, tuple[Any, ...], dict[str, Any] | None] | None:
+    """(func, args, kwargs) of the outermost ``__torch_function__`` running in this thread:
+    the torch call the script made (read from the stack only when double shows up)."""
+    found = None
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code is _TORCH_FUNCTION_CODE:
+            found = frame.f_locals
+        frame = frame.f_back
+    if found is None:
+        return None
+    return found["func"], found["args"], found["kwargs"]
+
+
 def _asks_for_double(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> bool:
     """The user's call wants double: it names float64/complex128, converts to it, or takes
     a tensor that already is (then its results are the script's own float64)."""
@@ -408,3 +410,6 @@ def _asks_for_double(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | 
             if isinstance(x, str) and "Double" in x:  # .type("torch.DoubleTensor")
                 return True
     return False
+
+
+_TORCH_FUNCTION_CODE = _MPSTensorBase.__torch_function__.__func__.__code__
