@@ -23,6 +23,8 @@ from .meta import (
 from .refusals import Refusal, _user_location, refused_dtypes
 from .tensor import _MPSTensorBase
 
+_MAX_PENDING = 4  # refusals one op can make: mixed devices, then a refused dtype
+
 
 class Emulation:
     """State of one :func:`emulated_mps` run: what it made up and what a Mac would refuse."""
@@ -93,6 +95,10 @@ class Emulation:
             refusal.on_op = True
         return pending[0].error
 
+    def discard_pending(self) -> None:
+        """Forget refusals no recorder took (made outside a probe of a shared emulation)."""
+        self._pending.clear()
+
     def _refuse(self, exc_type: type[Exception], message: str, kind: str) -> None:
         """A Mac raises here. Stop like a Mac if asked to; otherwise list it and go on."""
         where = _user_location()
@@ -106,7 +112,8 @@ class Emulation:
             if where:
                 exc.add_note(f"(fallback-probe emulated MPS: raised at {where})")
             raise exc
-        self._pending.append(refusal)
+        if len(self._pending) < _MAX_PENDING:  # bounded when no recorder takes them
+            self._pending.append(refusal)
 
     def _placeholder(self, op: str) -> None:
         entry = (op, _user_location())
