@@ -250,3 +250,16 @@ def test_in_place_view_ops_change_the_device_tensor_as_on_the_cpu(backing: str) 
         if backing == "cpu":
             assert torch.equal(spec.cpu(), ref)
             assert u.contiguous().cpu().tolist() == [[0.0, 3.0], [1.0, 4.0], [2.0, 5.0]]
+
+
+def test_a_refusal_made_between_probes_of_a_shared_emulation_marks_no_op() -> None:
+    with emulated_mps() as emu:  # as the pytest plugin keeps one for a whole session
+        for _ in range(50):  # refusals with no recorder to take them
+            torch.ones(2, device="mps").numpy()
+        with Probe(mode="predict", torch_version="2.13.0", emulation=emu) as p:
+            torch.ones(2, device="mps") + 1
+        with Probe(mode="predict", torch_version="2.13.0", emulation=emu) as q:
+            torch.ones(2, device="mps").numpy()  # numpy in the probe
+    assert not [r for r in p.report.ops if r.error]
+    [row] = _unsupported(q, NUMPY_MESSAGE)
+    assert row.sources[0].endswith(f":{_this_line('# numpy in the probe')}")
