@@ -200,11 +200,6 @@ class Probe:
         if emu is None:
             col.limits.append("Emulation off: every op of the run was judged as if it ran on MPS.")
             return
-        col.limits.append(
-            "Composite ops on the emulated device whose release registers no kernel for them "
-            "are judged by their status alone (native: they run as other ops); the ops inside "
-            "them are not traced under emulation."
-        )
         placeholders, rejections = self._seen_before  # only what this block added
         for op, where in emu.placeholders[placeholders:]:
             col.limits.append(f"{op} at {where} returned a placeholder (no data on meta).")

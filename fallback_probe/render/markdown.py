@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
+from fallback_probe.limits import split_limits
 from fallback_probe.records import Mode, Verdict
 from fallback_probe.report import OpRow, Report
+
+NAMING = (
+    "Ops are named as the backend reaches them; *called as* is the op the script called when "
+    "that differs (an in-place or functional op the backend runs as its `out=` variant, a "
+    "convolution routed to its MPS kernel). The JSON report and the pytest baseline use the "
+    "same names."
+)
 
 _MAX_LIST = 3
 
@@ -38,22 +46,23 @@ def headline(report: Report) -> str:
     state = "" if report.complete else " (incomplete: the run stopped early)"
     return (
         f"{how} for torch {t.torch} on macOS {t.macos} ({t.device}): "
-        f"{s['fallback']} fallback, {s['unsupported']} unsupported, {s['native']} native ops{state}"
+        f"{s['fallback']} fallback, {s['unsupported']} unsupported, {s['native']} native, "
+        f"{s['not_judged']} not judged{state}"
     )
 
 
 def _problem_table(rows: list[OpRow], live: bool) -> str:
-    headers = ["op", "verdict", "calls", "module", "source", "dtypes", "shapes", "to CPU", "back"]
+    headers = ["op", "called as", "verdict", "calls", "module", "source", "dtypes", "shapes"]
+    headers += ["to CPU", "back"]
     if live:
         headers.append("time")
     headers.append("why")
     body = []
     for r in rows:
         why = r.error or r.reason
-        if r.called_as:
-            why += f" (called as {', '.join(r.called_as)})"
         line = [
             f"`{r.op}`",
+            _short(r.called_as),
             r.verdict.value,
             r.calls,
             _short(r.modules),
@@ -68,6 +77,26 @@ def _problem_table(rows: list[OpRow], live: bool) -> str:
         line.append(_cell(why))
         body.append(line)
     return tabulate(body, headers=headers, tablefmt="github")
+
+
+def _limits_section(report: Report, has_problems: bool) -> list[str]:
+    """This run's own notes and unjudged device ops in view; the standing limits of the mode,
+    the same in every report, folded."""
+    shown, folded = split_limits(report.limits, report.summary["fallback"] > 0)
+    on_cpu = [n for n in report.not_judged if not n.on_device]
+    if not (shown or folded or report.not_judged):
+        return []
+    out = ["", "## What this report could not see", ""]
+    out += [f"- {_cell(lim)}" for lim in shown]
+    for n in report.not_judged:
+        if n.on_device:
+            out.append(f"- `{n.op}` ({n.calls} calls): not judged — {_cell(n.reason)}")
+    if folded or on_cpu:
+        out += ["", f"<details><summary>More limits ({len(folded) + len(on_cpu)})</summary>", ""]
+        out += [f"- {_cell(lim)}" for lim in folded]
+        out += [f"- `{n.op}` ({n.calls} calls): {_cell(n.reason)}" for n in on_cpu]
+        out += ["", "How each verdict is made: docs/verdicts.md in fallback-probe.", "</details>"]
+    return out
 
 
 def render(report: Report) -> str:
@@ -93,8 +122,12 @@ def render(report: Report) -> str:
         m = report.matrix
         out += ["", "## Across releases", ""]
         if m.ops:
-            table = [[f"`{op}`", *(cells[r] for r in m.releases)] for op, cells in m.ops.items()]
-            out.append(tabulate(table, headers=["op", *m.releases], tablefmt="github"))
+            table = [
+                [f"`{op}`", _short(m.called_as.get(op, ())), *(cells[r] for r in m.releases)]
+                for op, cells in m.ops.items()
+            ]
+            headers = ["op", "called as", *m.releases]
+            out.append(tabulate(table, headers=headers, tablefmt="github"))
         else:
             out.append("No fallback or unsupported op in any listed release.")
         out.append("")
@@ -104,17 +137,19 @@ def render(report: Report) -> str:
             out.append("No listed release runs the whole model natively.")
         if m.upgrade:
             out.append(f"For torch {t.torch}: {m.upgrade}.")
-    if report.limits or report.not_judged:
-        out += ["", "## What this report could not see", ""]
-        out += [f"- {_cell(lim)}" for lim in report.limits]
-        for n in report.not_judged:
-            out.append(f"- `{n.op}` ({n.calls} calls): not judged — {_cell(n.reason)}")
+    out += _limits_section(report, bool(problems))
     natives = report.rows(Verdict.NATIVE)
     out += ["", f"<details><summary>Native ops ({len(natives)})</summary>", ""]
     if natives:
-        table = [[f"`{r.op}`", r.calls, _short(r.modules), ", ".join(r.dtypes)] for r in natives]
-        out.append(tabulate(table, headers=["op", "calls", "module", "dtypes"], tablefmt="github"))
+        table = [
+            [f"`{r.op}`", _short(r.called_as), r.calls, _short(r.modules), ", ".join(r.dtypes)]
+            for r in natives
+        ]
+        headers = ["op", "called as", "calls", "module", "dtypes"]
+        out.append(tabulate(table, headers=headers, tablefmt="github"))
     out += ["", "</details>"]
+    if any(r.called_as for r in report.ops) or (report.matrix and report.matrix.called_as):
+        out += ["", NAMING]
     if report.cpu_work:
         total = sum(report.cpu_work.values())
         out += [
