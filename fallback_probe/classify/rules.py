@@ -159,6 +159,8 @@ def _judge_one(
     touches_device, by_dtype = facts
     if not touches_device:
         return None if has_children else Judgement(call, op, None, "ran on the CPU by the script")
+    if call.error is not None:  # the emulated device saw a Mac refuse it (dtype, devices)
+        return Judgement(call, op, Verdict.UNSUPPORTED, f"a Mac raises {call.error}")
     if op in SYNC_OPS:
         return Judgement(call, op, Verdict.NATIVE, "a sync (.item()), not a fallback")
     if by_dtype is not None:
