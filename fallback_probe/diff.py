@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from tabulate import tabulate
-
 from fallback_probe.records import Verdict
 from fallback_probe.render import Format
+from fallback_probe.render.cells import cell, table
 from fallback_probe.report import Report, problem_ops
 
 
@@ -53,16 +52,12 @@ def render_diff(d: Diff, fmt: Format) -> str:
         )
     if fmt is Format.MARKDOWN:
         out = ["# fallback-probe diff", ""]
-        out += [f"> {n}" for n in d.notes]
+        out += [f"> {cell(n)}" for n in d.notes]
         for title, items in (("New", d.new), ("Resolved", d.resolved)):
             out += ["", f"## {title} ({len(items)})", ""]
             if items:
                 out.append(
-                    tabulate(
-                        [[f"`{op}`", v.value] for op, v in items],
-                        headers=["op", "verdict"],
-                        tablefmt="github",
-                    )
+                    table([[cell(op, code=True), v.value] for op, v in items], ["op", "verdict"])
                 )
             else:
                 out.append("None.")

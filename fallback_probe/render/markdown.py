@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from tabulate import tabulate
-
 from fallback_probe.records import Mode, Verdict
+from fallback_probe.render.cells import cell, cell_list, table
 from fallback_probe.report import OpRow, Report
 
 _MAX_LIST = 3
@@ -20,14 +19,7 @@ def _human_bytes(n: int) -> str:
 
 
 def _short(items: tuple[str, ...]) -> str:
-    if not items:
-        return ""
-    text = ", ".join(f"`{i}`" for i in items[:_MAX_LIST])
-    return text + (f" +{len(items) - _MAX_LIST}" if len(items) > _MAX_LIST else "")
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return cell_list(items, _MAX_LIST)
 
 
 def headline(report: Report) -> str:
@@ -53,21 +45,21 @@ def _problem_table(rows: list[OpRow], live: bool) -> str:
         if r.called_as:
             why += f" (called as {', '.join(r.called_as)})"
         line = [
-            f"`{r.op}`",
+            cell(r.op, code=True),
             r.verdict.value,
             r.calls,
             _short(r.modules),
             _short(r.sources),
-            ", ".join(r.dtypes),
-            _cell(", ".join(r.shapes)),
+            cell(", ".join(r.dtypes)),
+            cell(", ".join(r.shapes)),
             _human_bytes(r.bytes_to_cpu) if r.verdict is Verdict.FALLBACK else "",
             _human_bytes(r.bytes_from_cpu) if r.verdict is Verdict.FALLBACK else "",
         ]
         if live:
             line.append(f"{r.seconds * 1000:.2f} ms" if r.seconds is not None else "")
-        line.append(_cell(why))
+        line.append(cell(why))
         body.append(line)
-    return tabulate(body, headers=headers, tablefmt="github")
+    return table(body, headers)
 
 
 def render(report: Report) -> str:
@@ -78,11 +70,12 @@ def render(report: Report) -> str:
     )
     out.append(
         f"Mode: {report.mode.value} ({how}; {report.mode_reason}). "
-        f"Target: torch {t.torch}, macOS {t.macos}, device `{t.device}`. "
+        f"Target: torch {t.torch}, macOS {t.macos}, "
+        f"device {cell(t.device, code=True, in_table=False)}. "
         f"Ran with torch {h.torch} on {h.platform}, Python {h.python}."
     )
     if report.error:
-        out += ["", f"> **The run did not finish:** {_cell(report.error)}"]
+        out += ["", f"> **The run did not finish:** {cell(report.error)}"]
     problems = report.rows(Verdict.UNSUPPORTED, Verdict.FALLBACK)
     out += ["", "## Fallbacks and unsupported ops", ""]
     if problems:
@@ -93,8 +86,11 @@ def render(report: Report) -> str:
         m = report.matrix
         out += ["", "## Across releases", ""]
         if m.ops:
-            table = [[f"`{op}`", *(cells[r] for r in m.releases)] for op, cells in m.ops.items()]
-            out.append(tabulate(table, headers=["op", *m.releases], tablefmt="github"))
+            body = [
+                [cell(op, code=True), *(verdicts[r] for r in m.releases)]
+                for op, verdicts in m.ops.items()
+            ]
+            out.append(table(body, ["op", *m.releases]))
         else:
             out.append("No fallback or unsupported op in any listed release.")
         out.append("")
@@ -106,14 +102,18 @@ def render(report: Report) -> str:
             out.append(f"For torch {t.torch}: {m.upgrade}.")
     if report.limits or report.not_judged:
         out += ["", "## What this report could not see", ""]
-        out += [f"- {_cell(lim)}" for lim in report.limits]
+        out += [f"- {cell(lim)}" for lim in report.limits]
         for n in report.not_judged:
-            out.append(f"- `{n.op}` ({n.calls} calls): not judged — {_cell(n.reason)}")
+            op = cell(n.op, code=True, in_table=False)
+            out.append(f"- {op} ({n.calls} calls): not judged — {cell(n.reason)}")
     natives = report.rows(Verdict.NATIVE)
     out += ["", f"<details><summary>Native ops ({len(natives)})</summary>", ""]
     if natives:
-        table = [[f"`{r.op}`", r.calls, _short(r.modules), ", ".join(r.dtypes)] for r in natives]
-        out.append(tabulate(table, headers=["op", "calls", "module", "dtypes"], tablefmt="github"))
+        body = [
+            [cell(r.op, code=True), r.calls, _short(r.modules), cell(", ".join(r.dtypes))]
+            for r in natives
+        ]
+        out.append(table(body, ["op", "calls", "module", "dtypes"]))
     out += ["", "</details>"]
     if report.cpu_work:
         total = sum(report.cpu_work.values())
