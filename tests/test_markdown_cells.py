@@ -72,9 +72,11 @@ class _Tables(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.tables: list[list[list[str]]] = []
         self.blocks: list[str] = []  # text of each li / blockquote
+        self.paragraphs: list[str] = []  # text of each top-level paragraph
         self.markup: list[str] = []
         self._cell: list[str] | None = None
         self._block: list[str] | None = None
+        self._para: list[str] | None = None
 
     def handle_starttag(self, tag: str, attrs: list) -> None:
         if tag == "table":
@@ -85,8 +87,10 @@ class _Tables(HTMLParser):
             self._cell = []
         elif tag in ("li", "blockquote"):
             self._block = []
+        elif tag == "p" and self._block is None:
+            self._para = []
         elif tag == "br":
-            for buf in (self._cell, self._block):
+            for buf in (self._cell, self._block, self._para):
                 if buf is not None:
                     buf.append("\n")
         elif (self._cell is not None or self._block is not None) and tag not in ("code", "p", "a"):
@@ -99,9 +103,12 @@ class _Tables(HTMLParser):
         elif tag in ("li", "blockquote") and self._block is not None:
             self.blocks.append("".join(self._block))
             self._block = None
+        elif tag == "p" and self._para is not None:
+            self.paragraphs.append("".join(self._para))
+            self._para = None
 
     def handle_data(self, data: str) -> None:
-        for buf in (self._cell, self._block):
+        for buf in (self._cell, self._block, self._para):
             if buf is not None:
                 buf.append(data.replace("\n", ""))  # source newlines; a user's is a <br>
 
@@ -338,3 +345,8 @@ def test_x(v):
             ("test_hostile.py::test_x[`tick`]", "aten::mode", "enc|dec"),
             ("test_hostile.py::test_x[a|b]", "aten::mode", "enc|dec"),
         ]
+    (new,) = [p for p in parsed.paragraphs if p.startswith("New tests: ")]
+    assert sorted(new.removeprefix("New tests: ").split(", ")) == [
+        "test_hostile.py::test_x[`tick`]",
+        "test_hostile.py::test_x[a|b]",
+    ]
