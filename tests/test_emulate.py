@@ -1,4 +1,4 @@
-"""The emulated mps device (fallback_probe/collect/emulate.py, docs/emulation.md)."""
+"""The emulated mps device (fallback_probe/collect/emulate/, docs/emulation.md)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from fallback_probe.collect.emulate import (
 
 SCRIPTS = Path(__file__).parent / "fixtures" / "emulate"
 _REL = os.path.relpath(__file__)
-HERE = _REL if not _REL.startswith("..") else os.path.abspath(__file__)  # as emulate.py writes
+HERE = _REL if not _REL.startswith("..") else os.path.abspath(__file__)  # as refusals.py writes
 
 
 class Recording(TorchDispatchMode):
