@@ -310,3 +310,11 @@ def test_a_composite_judged_whole_in_one_release_compares_with_its_worst_part() 
     }
     m = build_matrix(per, ["a", "b"], "a", parents={1: 0, 2: 0, 0: None})
     assert m.ops["aten::x"] == {"a": "fallback", "b": "fallback"}
+
+
+def test_a_cpu_copy_under_a_call_without_a_warning_is_still_a_fallback() -> None:
+    # The warning can be lost (filtered before the probe, or matched to another call).
+    t = TensorMeta("float32", (4,), 16, True)
+    call = OpCall(0, "aten::index_copy", None, "", False, "x.py:1", (t,), (t,), to_cpu=True)
+    (j,) = judge_live([call])
+    assert (j.verdict, j.reason) == (Verdict.FALLBACK, "the profiler showed aten::_to_cpu under it")
