@@ -10,14 +10,18 @@ import os
 from contextlib import ExitStack
 from functools import lru_cache
 from types import TracebackType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from fallback_probe.collect import Collection, this_host
 from fallback_probe.collect.mode import decide
+from fallback_probe.limits import UNOPENED_COMPOSITES
 from fallback_probe.oplists import OpList
 from fallback_probe.records import Mode, OpCall, OpStatus
 from fallback_probe.report import Report
 from fallback_probe.verdicts import make_report
+
+if TYPE_CHECKING:
+    from fallback_probe.collect.emulate import Emulation
 
 DEFAULT_FALLBACK_ENV = {"mps": "PYTORCH_ENABLE_MPS_FALLBACK"}
 
@@ -40,6 +44,7 @@ class Probe:
         device_type: str = "mps",
         fallback_env: str | None = None,
         oplist: OpList | None = None,
+        emulation: Emulation | None = None,
     ) -> None:
         self.requested_mode = mode
         self.torch_version = torch_version
@@ -49,11 +54,15 @@ class Probe:
         self.device_type = device_type
         self.fallback_env = fallback_env or fallback_env_for(device_type)
         self.oplist = oplist
+        # An emulation already active (the pytest plugin keeps one for the whole session):
+        # emulations do not nest, so the probe records on it instead of entering its own.
+        self.active_emulation = emulation
         self.collection: Collection | None = None
         self._report: Report | None = None
         self._stack: ExitStack | None = None
         self._recorder = None
-        self._emulation = None
+        self._emulation: Emulation | None = None
+        self._seen_before = (0, 0)  # the active emulation's placeholders, rejections at entry
         self.sink = None  # optional per-call callback (the CLI's child streams to a file)
 
     @property
@@ -117,10 +126,14 @@ class Probe:
         from fallback_probe.collect.tracer import Recorder
 
         is_on_device = handler = None
-        if self.emulate:
+        if self.active_emulation is not None:
+            self._emulation = emu = self.active_emulation
+            self._seen_before = (len(emu.placeholders), len(emu.rejections))
+        elif self.emulate:
             from fallback_probe.collect.emulate import emulated_mps
 
             self._emulation = stack.enter_context(emulated_mps(self.backing))
+        if self._emulation is not None:
             is_on_device = self._emulation.is_emulated
             handler = self._emulation.dispatch
         elif self.backing == "meta":
@@ -177,14 +190,11 @@ class Probe:
         if emu is None:
             col.limits.append("Emulation off: every op of the run was judged as if it ran on MPS.")
             return
-        col.limits.append(
-            "Composite ops on the emulated device whose release registers no kernel for them "
-            "are judged by their status alone (native: they run as other ops); the ops inside "
-            "them are not traced under emulation."
-        )
-        for op, where in getattr(emu, "placeholders", ()):
+        col.limits.append(UNOPENED_COMPOSITES)
+        placeholders, rejections = self._seen_before  # only what this block added
+        for op, where in emu.placeholders[placeholders:]:
             col.limits.append(f"{op} at {where} returned a placeholder (no data on meta).")
-        for message, where in getattr(emu, "rejections", ()):
+        for message, where in emu.rejections[rejections:]:
             col.limits.append(f"A Mac would refuse this at {where}: {message}")
 
 

@@ -2,10 +2,12 @@
 
 Opt-in (``--fallback-probe`` or ``fallback_probe = true`` in the ini file): when off, only the
 options, markers and an inert fixture are registered and torch is never imported. When on,
-each test's call phase runs inside a ``Probe`` (live on a usable MPS, predicted elsewhere),
-each test's problem ops travel to the controller in the call report's ``user_properties``
-(so pytest-xdist works unchanged), and the controller compares them with the baseline file.
-See docs/pytest-plugin.md.
+the process decides live or predict before ``conftest.py`` files load; in predict mode the
+emulated ``mps`` device exists from then until the session ends, so import-time device
+choices, collection and fixtures of every scope see a Mac. Every op is charged to a test or
+to shared setup (``attribution``); a test's problem ops travel to the controller in its
+teardown report's ``user_properties`` and shared setup's in the xdist worker output, and the
+controller compares them with the baseline file. See docs/pytest-plugin.md.
 """
 
 from __future__ import annotations
@@ -15,21 +17,23 @@ import os
 import shlex
 import sys
 from collections.abc import Generator, Iterable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from fallback_probe.atomic import write_text
+from fallback_probe.attribution import FALLBACK_ENV, OUTSIDE_TESTS, Owner, Recording, fixture_label
 from fallback_probe.baseline import (
-    RANK,
+    BASELINE_FORMAT,
     Baseline,
     Finding,
     Outcome,
     compare,
     count_text,
     describe_target,
-    observed_problems,
+    merge_payloads,
 )
 from fallback_probe.errors import ProbeError
 from fallback_probe.options import PROBE_OPTIONS, add_options
@@ -40,9 +44,7 @@ if TYPE_CHECKING:  # torch-heavy modules are imported only once a probed test ru
     from fallback_probe.report import Report
 
 DEFAULT_BASELINE = "fallback-baseline.json"
-FALLBACK_ENV = "PYTORCH_ENABLE_MPS_FALLBACK"
-PROPERTY = "fallback_probe"  # the user_properties key that carries a test's results
-_MAX_WHERE = 3  # modules / source lines kept per op
+PROPERTY = "fallback_probe"  # the user_properties (and xdist worker output) key of results
 _MAX_LINES = 20  # findings of one kind printed in the terminal; the markdown report has all
 
 
@@ -82,6 +84,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         "fallback_baseline", "baseline file, relative to the rootdir", default=DEFAULT_BASELINE
     )
+    parser.addini(
+        "fallback_device_type",
+        "live mode only: the device to observe instead of mps (an out-of-tree backend "
+        "with a boxed CPU fallback, like the CLI's --device-type)",
+        default="mps",
+    )
+    parser.addini(
+        "fallback_env",
+        "live mode with fallback_device_type: that backend's fallback variable",
+        default="",
+    )
 
 
 def _option(config: pytest.Config, name: str, default: Any, early: bool) -> Any:
@@ -117,15 +130,20 @@ def _env_note(config: pytest.Config, early: bool = False) -> str | None:
 _ENV_NOTE = pytest.StashKey["str | None"]()
 _ENV_SET = pytest.StashKey[bool]()
 _GATE = pytest.StashKey["Gate"]()
+_RECORDING = pytest.StashKey["Recording | None"]()
+_OUTSIDE = pytest.StashKey[Owner]()
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
-    # Earliest point with options parsed: before conftest.py files can import torch.
+    # Earliest point with options parsed: before conftest.py files can import torch, and
+    # before they or test modules choose a device (``torch.backends.mps.is_available()``).
     if _active(early_config, early=True):
         early_config.stash[_ENV_NOTE] = _env_note(early_config, early=True)
+        _start_recording(early_config, early=True)
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
@@ -139,6 +157,7 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     if _ENV_NOTE not in config.stash:  # plugin loaded late (-p or pytest_plugins)
         config.stash[_ENV_NOTE] = _env_note(config)
+    _start_recording(config)
     gate = Gate(config)
     config.stash[_GATE] = gate
     config.pluginmanager.register(gate, "fallback_probe_gate")
@@ -150,9 +169,72 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         os.environ.pop(FALLBACK_ENV, None)
 
 
-def _allow_list(item: pytest.Item) -> tuple[str, ...]:
+def _check_release(version: str | None) -> None:
+    if version == "all":
+        raise pytest.UsageError("--fallback-torch-version all: a gate compares one release")
+    if version is not None:
+        from fallback_probe import oplists
+
+        try:
+            oplists.resolve_release(version)
+        except ProbeError as exc:
+            raise pytest.UsageError(f"--fallback-torch-version: {exc}") from None
+
+
+def _runs_tests(config: pytest.Config, early: bool) -> bool:
+    """An xdist controller only distributes: its workers run (and emulate) the tests."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # set before a worker parses its arguments
+        return True
+    ns = config.known_args_namespace if early else config.option
+    return not (getattr(ns, "numprocesses", None) or getattr(ns, "tx", None))
+
+
+def _start_recording(config: pytest.Config, early: bool = False) -> None:
+    """Live or predict, decided once per process; in predict mode the emulated ``mps``
+    device is entered here and stays until the session ends (ended by ``config`` cleanup)."""
+    if _RECORDING in config.stash:
+        return
+    if not _runs_tests(config, early):
+        config.stash[_RECORDING] = None
+        return
+    torch_version = _option(config, "fallback_torch_version", None, early)
+    _check_release(torch_version)
+    from fallback_probe.collect.mode import decide
+    from fallback_probe.records import Mode
+
+    device_type = config.getini("fallback_device_type") or "mps"
+    mode, reason = decide(_option(config, "fallback_mode", "auto", early), device_type)
+    device = _option(config, "fallback_device", "cpu", early)
+    emulation = None
+    if mode is Mode.PREDICTED and device_type != "mps":
+        raise pytest.UsageError(
+            f"fallback_device_type = {device_type}: only mps is emulated, so another device "
+            f"is observed live: run with --fallback-mode live ({reason})"
+        )
+    if mode is Mode.PREDICTED:
+        from fallback_probe.collect.emulate import emulated_mps
+
+        stack = ExitStack()
+        emulation = stack.enter_context(emulated_mps(device))
+        config.add_cleanup(stack.close)
+    macos = _option(config, "fallback_macos", None, early)
+    rec = Recording(mode.value, torch_version, macos, device, emulation)
+    rec.reason = reason
+    rec.device_type = device_type
+    from fallback_probe.api import fallback_env_for
+
+    rec.fallback_env = config.getini("fallback_env") or fallback_env_for(device_type)
+    config.add_cleanup(rec.finish)  # before the emulation ends (cleanups run last-in first)
+    config.stash[_RECORDING] = rec
+    # Until collection ends, ops outside a test module's import (conftest.py files, hooks)
+    # are charged to this owner; their source lines say where they ran.
+    outside = config.stash[_OUTSIDE] = Owner(OUTSIDE_TESTS)
+    rec.push(outside)
+
+
+def _allow_list(node: pytest.Item | pytest.Collector) -> tuple[str, ...]:
     out: list[str] = []
-    for mark in item.iter_markers("fallback_probe"):
+    for mark in node.iter_markers("fallback_probe"):
         unknown = set(mark.kwargs) - {"allow"}
         if unknown:
             pytest.fail(
@@ -165,34 +247,29 @@ def _allow_list(item: pytest.Item) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
-
-
 # -- one test ----------------------------------------------------------------------------
-class ProbedTest:
+class ProbedTest(Owner):
     """The ``fallback_probe`` fixture: what the probe saw of this test's call phase.
 
-    Inside the test body ``report`` and ``problems`` are judged from the ops so far; after
-    the call phase they are the final verdicts the gate compares.
+    Inside the test body ``report`` and ``problems`` are judged from the call phase's ops so
+    far; after it, from the whole call phase. The gate judges more: the test's setup and
+    teardown too (function-scoped fixtures, ``setUp``), folded into the same owner.
     """
 
-    def __init__(self, nodeid: str, allow: tuple[str, ...], gate: Gate) -> None:
+    def __init__(self, nodeid: str, allow: tuple[str, ...], gate: Gate, record: bool) -> None:
+        super().__init__(nodeid, allow, rerun=nodeid, record=record)
         self.nodeid = nodeid
-        self.allow = allow
-        self.error: str | None = None
         self._gate = gate
-        self._probe: Probe | None = None
         self._final: Report | None = None
 
     @property
     def report(self) -> Report:
         if self._final is not None:
             return self._final
-        if self._probe is None:
+        probe = self._gate.recording.probe if self._gate.recording else None
+        if probe is None or self._gate.recording.stack[-1] is not self:  # type: ignore[union-attr]
             raise RuntimeError(f"{self.nodeid} is not being probed: {self.error or 'not yet'}")
-        return self._snapshot()
+        return self._snapshot(probe)
 
     @property
     def problems(self) -> dict[str, Verdict]:
@@ -201,80 +278,22 @@ class ProbedTest:
 
         return problem_ops(self.report)
 
-    def _snapshot(self) -> Report:  # the fixture asked while the test still runs
+    def _snapshot(self, probe: Probe) -> Report:  # the fixture asked while the test still runs
         import platform
 
         from fallback_probe.collect import Collection, this_host
         from fallback_probe.records import Mode
         from fallback_probe.verdicts import make_report
 
-        mode, reason = self._gate.decided()
-        col = Collection(Mode(mode), reason, "mps", this_host())
-        assert self._probe is not None
-        col.trace = self._probe.trace_so_far()
+        rec = self._gate.recording
+        assert rec is not None
+        col = Collection(Mode(rec.mode), rec.reason, rec.device_type, this_host())
+        col.trace = probe.trace_so_far()
         col.complete = False
         col.error = "the test is still running"
-        if mode == Mode.LIVE.value:
+        if rec.mode == Mode.LIVE.value:
             col.macos = platform.mac_ver()[0] or None
-        return make_report(col, self._gate.torch_version, self._gate.macos)
-
-    def open(self) -> None:
-        from fallback_probe.api import Probe
-
-        mode, _ = self._gate.decided()
-        probe = Probe(
-            mode="live" if mode == "live" else "predict",
-            torch_version=self._gate.torch_version,
-            macos=self._gate.macos,
-            device=self._gate.device,  # type: ignore[arg-type]
-        )
-        probe.__enter__()
-        self._probe = probe
-
-    def close(self, exc: BaseException | None) -> None:
-        """Never raises: a probe failure is recorded and reported, the test's own is kept."""
-        probe = self._probe
-        if probe is None:
-            return
-        try:
-            probe.__exit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None)
-            self._final = probe.report
-        except Exception as err:
-            self.error = f"the probe failed after the test ran: {_one_line(err)}"
-        finally:  # items live for the whole session: keep the report, drop the trace
-            self._probe = None
-
-    def payload(self) -> dict[str, Any]:
-        """Plain JSON for ``user_properties``: what the controller needs, nothing more."""
-        out: dict[str, Any] = {"allow": list(self.allow)}
-        if self.error:
-            out["error"] = self.error
-        rep = self._final
-        if rep is None:
-            return out
-        out["target"] = {"torch": rep.target.torch, "macos": rep.target.macos}
-        out["target"]["mode"] = rep.mode.value
-        out["reason"] = self._gate.decided()[1]
-        out["complete"] = rep.complete
-        out["cpu_only"] = not rep.ops and bool(rep.cpu_work)  # ran torch, judged nothing
-        problems: dict[str, dict[str, Any]] = {}
-        for row in rep.rows(Verdict.UNSUPPORTED, Verdict.FALLBACK):
-            entry = problems.setdefault(
-                row.op, {"verdict": row.verdict.value, "modules": [], "sources": []}
-            )
-            if RANK[row.verdict.value] < RANK[entry["verdict"]]:
-                entry["verdict"] = row.verdict.value
-            for key, values in (("modules", row.modules), ("sources", row.sources)):
-                for v in values:
-                    if v not in entry[key] and len(entry[key]) < _MAX_WHERE:
-                        entry[key].append(v)
-        out["problems"] = problems
-        if rep.mode.value == "live":
-            note = self._gate.config.stash.get(_ENV_NOTE, None)
-            notes = [note] if note else []
-            notes += [n for n in rep.limits if FALLBACK_ENV in n]
-            out["notes"] = notes
-        return out
+        return make_report(col, rec.torch_version, rec.macos)
 
 
 _PROBED = pytest.StashKey[ProbedTest]()
@@ -299,28 +318,19 @@ class Gate:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.is_worker = hasattr(config, "workerinput")
+        self.recording: Recording | None = config.stash.get(_RECORDING, None)
         self.update: bool = config.getoption("fallback_update")
-        self.mode: str = config.getoption("fallback_mode")
         self.torch_version: str | None = config.getoption("fallback_torch_version")
-        self.macos: str | None = config.getoption("fallback_macos")
-        self.device: str = config.getoption("fallback_device")
         self.baseline_path = self._baseline_path()
         report = config.getoption("fallback_report")
         self.report_path = Path(config.invocation_params.dir, report) if report else None
-        self.results: dict[str, dict[str, Any]] = {}
+        self.results: dict[str, dict[str, Any]] = {}  # test node id -> payload
+        self.shared: dict[str, dict[str, Any]] = {}  # shared-setup label -> payload
+        self.skipped: set[str] = set()
         self.opted_out: set[str] = set()
         self.outcome: Outcome | None = None
         self.written: str | None = None  # what happened to the baseline file
-        self._decided: tuple[str, str] | None = None
-        if self.torch_version not in (None, "all"):
-            from fallback_probe import oplists
-
-            try:
-                oplists.resolve_release(self.torch_version)
-            except ProbeError as exc:
-                raise pytest.UsageError(f"--fallback-torch-version: {exc}") from None
-        elif self.torch_version == "all":
-            raise pytest.UsageError("--fallback-torch-version all: a gate compares one release")
+        _check_release(self.torch_version)
         try:
             self.baseline = None if self.is_worker else Baseline.load(self.baseline_path)
         except ProbeError as exc:
@@ -332,48 +342,151 @@ class Gate:
             return Path(self.config.invocation_params.dir, given)
         return Path(self.config.rootpath, self.config.getini("fallback_baseline"))
 
-    def decided(self) -> tuple[str, str]:
-        """Live or predict, decided once per process (auto runs an MPS smoke test)."""
-        if self._decided is None:
-            from fallback_probe.collect.mode import decide
-
-            mode, reason = decide(self.mode)
-            self._decided = (mode.value, reason)
-        return self._decided
-
     def probed_test(self, item: pytest.Item) -> ProbedTest:
         probed = item.stash.get(_PROBED, None)
         if probed is None:
-            probed = item.stash[_PROBED] = ProbedTest(item.nodeid, _allow_list(item), self)
+            record = item.get_closest_marker("no_fallback_probe") is None
+            probed = ProbedTest(item.nodeid, _allow_list(item), self, record)
+            item.stash[_PROBED] = probed
         return probed
+
+    def _payload(self, owner: Owner) -> dict[str, Any]:
+        reason = self.recording.reason if self.recording else ""
+        return owner.payload(reason, self.config.stash.get(_ENV_NOTE, None))
+
+    def _keep_shared(self, owner: Owner) -> None:
+        self.shared[owner.key] = merge_payloads(self.shared.get(owner.key), self._payload(owner))
 
     # -- running (workers, or the only process) -----------------------------------------
     @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
-        if item.get_closest_marker("no_fallback_probe") is not None:
-            item.user_properties.append((PROPERTY, json.dumps({"opted_out": True})))
+    def pytest_make_collect_report(
+        self, collector: pytest.Collector
+    ) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+        """A test module's import (device constants, module-level models, parametrize lists)
+        is charged to the module, once: a test may not even be selected."""
+        rec = self.recording
+        if rec is None or not isinstance(collector, pytest.Module):
             return (yield)
-        probed = self.probed_test(item)
+        owner = Owner(f"{collector.nodeid} (import)", rerun=collector.nodeid)
+        rec.push(owner)
         try:
-            probed.open()
-        except Exception as exc:
-            probed.error = f"the probe could not start: {_one_line(exc)}"
+            report = yield
+        finally:
+            rec.pop(owner)
+        if collector.get_closest_marker("no_fallback_probe") is None:
+            owner.allow = _allow_list(collector)
+            self._keep_shared(owner)
+        return report
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        outside = self.config.stash.get(_OUTSIDE, None)
+        if self.recording is not None and outside is not None and outside in self.recording.stack:
+            self.recording.pop(outside)
+            self._keep_shared(outside)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(
+        self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+    ) -> Generator[None, object, object]:
+        """A fixture wider than a function (and ``setUpClass``) is charged for its own setup
+        and teardown; a function-scoped one stays with the test that requested it."""
+        rec = self.recording
+        if rec is None or fixturedef.scope == "function":
+            return (yield)
+        label, rerun = fixture_label(fixturedef, request, self.config.rootpath)
+        node = request.node
+        allow, record = _allow_list(node), node.get_closest_marker("no_fallback_probe") is None
+        torn: list[Owner] = []
+
+        def start_teardown() -> None:
+            torn.append(Owner(label, allow, rerun, record))
+            rec.push(torn[0])
+
+        def end_teardown() -> None:
+            if torn:
+                rec.pop(torn[0])
+                self._keep_shared(torn[0])
+
+        # Finalizers run last-in first: end_teardown after the fixture's own teardown,
+        # start_teardown (added once it is set up) before it.
+        fixturedef.addfinalizer(end_teardown)
+        owner = Owner(label, allow, rerun, record)
+        rec.push(owner)
         try:
             result = yield
         except BaseException as exc:
-            probed.close(exc)
+            rec.pop(owner, exc)
+            self._keep_shared(owner)
             raise
-        else:
-            probed.close(None)
-        finally:
-            payload = json.dumps(probed.payload(), sort_keys=True)
-            item.user_properties.append((PROPERTY, payload))
+        rec.pop(owner)
+        self._keep_shared(owner)
+        fixturedef.addfinalizer(start_teardown)
         return result
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
+        if self.recording is None:
+            return (yield)
+        self.recording.push(self.probed_test(item))
+        try:
+            return (yield)
+        except BaseException as exc:
+            self.recording.cut(exc)  # setup stopped early: judged on the ops it reached
+            raise
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
+        rec, probed = self.recording, self.probed_test(item)
+        if rec is None:
+            return (yield)
+        # The fixture reports on the call phase alone, so it gets its own probe; other tests
+        # keep one probe from setup to teardown (each costs about 0.3 ms to open and judge).
+        own = "fallback_probe" in getattr(item, "fixturenames", ())
+        if own:
+            rec.cut()
+        try:
+            result = yield
+        except BaseException as exc:
+            probed.complete = False  # stopped early: judged on the ops it reached
+            if own:
+                probed._final = rec.cut(exc)
+            raise
+        if own:
+            probed._final = rec.cut()
+        return result
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, None, None]:
+        rec, probed = self.recording, self.probed_test(item)
+        try:
+            return (yield)
+        except BaseException as exc:
+            if rec is not None:
+                rec.pop(probed, exc)
+            raise
+        finally:
+            if rec is not None and probed in rec.stack:
+                rec.pop(probed)
+            if probed.record:
+                payload = json.dumps(self._payload(probed), sort_keys=True)
+            else:
+                payload = json.dumps({"opted_out": True})
+            item.user_properties.append((PROPERTY, payload))
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: object) -> None:
+        data = getattr(node, "workeroutput", {}).get(PROPERTY)
+        for key, payload in json.loads(data or "{}").items():
+            self.shared[key] = merge_payloads(self.shared.get(key), payload)
 
     # -- collecting and comparing (the controller, or the only process) -----------------
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if self.is_worker or report.when != "call" or report.skipped:
-            return  # a test that skipped (or xfailed) at run time is treated as not run
+        if self.is_worker:
+            return
+        if report.skipped and report.when in ("setup", "call"):
+            self.skipped.add(report.nodeid)  # skipped or xfailed at run time: not run
+        if report.when != "teardown" or report.nodeid in self.skipped:
+            return
         for name, value in report.user_properties:
             if name == PROPERTY:
                 data = json.loads(value)
@@ -384,9 +497,20 @@ class Gate:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if self.is_worker or self.config.option.collectonly:
+        # Charge what is still open (an interrupted run). A worker hands its shared setup to
+        # the controller in its xdist output; the controller merges all (pytest_testnodedown).
+        if self.recording is not None:
+            for owner in self.recording.finish():
+                if not isinstance(owner, ProbedTest):
+                    self._keep_shared(owner)
+        if self.is_worker:
+            self.config.workeroutput[PROPERTY] = json.dumps(self.shared)  # type: ignore[attr-defined]
             return
-        outcome = self.outcome = compare(self.results, self.baseline, self.baseline_path)
+        if self.config.option.collectonly:
+            return
+        outcome = self.outcome = compare(
+            self.results, self.baseline, self.baseline_path, self.shared
+        )
         interrupted = session.exitstatus in (
             pytest.ExitCode.INTERRUPTED,
             pytest.ExitCode.INTERNAL_ERROR,
@@ -404,36 +528,43 @@ class Gate:
 
     def _write_baseline(self, outcome: Outcome) -> None:
         old = self.baseline
-        if outcome.target is None and old is None:
+        if old is None and outcome.probed == 0:  # shared setup alone is no baseline
             self.written = "baseline not written: no test was probed"
             return
-        tests = {} if old is None else {k: dict(v) for k, v in old.tests.items()}
+        base = old or Baseline({}, {})
         for nodeid in self.opted_out:
-            tests.pop(nodeid, None)
+            base.tests.pop(nodeid, None)
         root = self.config.rootpath
-        for nodeid in [n for n in tests if n not in self.results]:
-            if not (root / nodeid.split("::")[0]).exists():  # its file is gone
-                del tests[nodeid]
-        for nodeid, data in self.results.items():
-            if "problems" not in data:  # the probe failed: keep what was known
-                continue
-            seen = observed_problems(data)
-            if not data.get("complete", True) and nodeid in tests:  # stopped early: merge
-                for op, v in tests[nodeid].items():
-                    if op not in seen or RANK[v] < RANK[seen[op]]:
-                        seen[op] = v
-            tests[nodeid] = seen
-        target = outcome.target or (old.target if old else {})
-        text = Baseline(dict(target), tests).dumps()
-        path = self.baseline_path
+        target = outcome.target or base.target
+        new = base.updated(dict(target), self.results, self.shared, lambda f: (root / f).exists())
+        text = new.dumps()
+        path, shown = self.baseline_path, _show(self.baseline_path, self.config)
+        what = count_text(len(new.tests), "test") + (
+            f", {len(new.shared)} shared setup" if new.shared else ""
+        )
         if path.exists() and path.read_text(encoding="utf-8") == text:
-            self.written = f"baseline {_show(path, self.config)} is up to date ({len(tests)} tests)"
+            self.written = f"baseline {shown} is up to date ({what})"
             return
         write_text(path, text)
-        self.written = f"wrote the baseline {_show(path, self.config)} ({len(tests)} tests)"
+        self.written = f"wrote the baseline {shown} ({what})"
+        if old is not None and old.format != BASELINE_FORMAT:
+            self.written += f"; converted it from format {old.format} to {BASELINE_FORMAT}"
 
-    def tighten_command(self, nodeids: Iterable[str]) -> str:
-        """The exact command that rewrites the baseline entries of ``nodeids``."""
+    def rerun_args(self, keys: Iterable[str]) -> list[str] | None:
+        """pytest arguments that run ``keys`` (tests or shared setup); ``None``: everything."""
+        out = self.outcome
+        args = []
+        for key in keys:
+            if out is not None and key in out.rerun:
+                if out.rerun[key] is None:
+                    return None
+                args.append(out.rerun[key])
+            else:
+                args.append(key)
+        return sorted(set(args))  # type: ignore[arg-type]
+
+    def tighten_command(self, keys: Iterable[str]) -> str:
+        """The exact command that rewrites the baseline entries of ``keys``."""
         args = ["pytest", "--fallback-probe", "--fallback-update"]
         if self.config.getoption("fallback_baseline"):
             args += ["--fallback-baseline", _show(self.baseline_path, self.config)]
@@ -441,7 +572,7 @@ class Gate:
             value = self.config.getoption(f"fallback_{opt.dest}")
             if value is not None and value != opt.default:
                 args += [f"--fallback-{opt.name}", str(value)]
-        args += sorted(set(nodeids))
+        args += self.rerun_args(keys) or []
         cmd = shlex.join(args)
         if Path(self.config.invocation_params.dir) != self.config.rootpath:
             cmd = (

@@ -1,7 +1,7 @@
 """The report: the one contract between collection and every renderer, gate and baseline.
 
-It round-trips through JSON (``schema_version`` 1, docs/report-schema.md), so a saved report
-can be re-rendered, diffed or gated without running the model again.
+It round-trips through JSON (``schema_version`` 2, docs/report-schema.md), so a saved report
+can be re-rendered, diffed or gated without running the model again; version 1 still loads.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ from fallback_probe.classify.rules import Judgement
 from fallback_probe.errors import ProbeError
 from fallback_probe.records import Mode, Verdict
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _MAX_SHAPES = 3
 _VERDICT_RANK = {Verdict.UNSUPPORTED: 0, Verdict.FALLBACK: 1, Verdict.NATIVE: 2}
 
@@ -67,6 +69,16 @@ class NotJudged:
     op: str
     calls: int
     reason: str
+    on_device: bool = True  # False: a step the script ran on the CPU inside a device op
+
+
+class Outcome(str, Enum):
+    """What a run found, in one word a tool can switch on (``outcome`` in the JSON)."""
+
+    PROBLEMS = "problems"  # some op falls back or is unsupported
+    NOTHING_JUDGED = "nothing_judged"  # no op reached the device, or none could be judged
+    PARTLY_JUDGED = "partly_judged"  # no problem among the judged, but some were not judged
+    ALL_NATIVE = "all_native"
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,7 @@ class Matrix:
     ops: Mapping[str, Mapping[str, str]]  # op -> release -> verdict ("-" not reached)
     native_from: str | None  # oldest release from which every later one runs all natively
     upgrade: str | None  # e.g. "upgrade to 2.8.0 removes 2 of 3 fallbacks"
+    called_as: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # op -> script's ops
 
 
 @dataclass(frozen=True)
@@ -96,14 +109,25 @@ class Report:
 
     @property
     def summary(self) -> dict[str, int]:
-        """Distinct ops per verdict."""
+        """Distinct ops per verdict, and ops that reached the device without one: a headline
+        of "0 fallback" over ops it never judged would be a wrong answer."""
         out = {v.value: 0 for v in Verdict}
         seen: set[tuple[str, Verdict]] = set()
         for row in self.ops:
             if (row.op, row.verdict) not in seen:
                 seen.add((row.op, row.verdict))
                 out[row.verdict.value] += 1
+        out["not_judged"] = len({n.op for n in self.not_judged if n.on_device})
         return out
+
+    @property
+    def outcome(self) -> Outcome:
+        s = self.summary
+        if s[Verdict.FALLBACK.value] or s[Verdict.UNSUPPORTED.value]:
+            return Outcome.PROBLEMS
+        if not s[Verdict.NATIVE.value]:
+            return Outcome.NOTHING_JUDGED
+        return Outcome.PARTLY_JUDGED if s["not_judged"] else Outcome.ALL_NATIVE
 
     def rows(self, *verdicts: Verdict) -> list[OpRow]:
         return [r for r in self.ops if r.verdict in verdicts]
@@ -118,6 +142,7 @@ class Report:
             "host": asdict(self.host),
             "complete": self.complete,
             "error": self.error,
+            "outcome": self.outcome.value,
             "summary": self.summary,
             "ops": [_row_to_dict(r) for r in self.ops],
             "not_judged": [asdict(n) for n in self.not_judged],
@@ -131,6 +156,7 @@ class Report:
                 "ops": {op: dict(v) for op, v in m.ops.items()},
                 "native_from": m.native_from,
                 "upgrade": m.upgrade,
+                "called_as": {op: list(v) for op, v in m.called_as.items()},
             }
         return d
 
@@ -139,13 +165,17 @@ class Report:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Report:
+        """Reads every version in ``READABLE_VERSIONS``; the result is a current report."""
         version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise ValueError(f"schema_version {version!r} is not {SCHEMA_VERSION}")
+        if version not in READABLE_VERSIONS:
+            raise ValueError(f"schema_version {version!r} is not one of {READABLE_VERSIONS}")
         matrix = None
         if d.get("matrix") is not None:
             m = d["matrix"]
-            matrix = Matrix(tuple(m["releases"]), m["ops"], m["native_from"], m["upgrade"])
+            called_as = {op: tuple(v) for op, v in m.get("called_as", {}).items()}
+            matrix = Matrix(
+                tuple(m["releases"]), m["ops"], m["native_from"], m["upgrade"], called_as
+            )
         return cls(
             mode=Mode(d["mode"]),
             mode_reason=d["mode_reason"],
@@ -154,7 +184,7 @@ class Report:
             complete=bool(d["complete"]),
             error=d.get("error"),
             ops=tuple(_row_from_dict(r) for r in d["ops"]),
-            not_judged=tuple(NotJudged(**n) for n in d.get("not_judged", ())),
+            not_judged=tuple(_not_judged_from_dict(n) for n in d.get("not_judged", ())),
             cpu_work=dict(d.get("cpu_work", {})),
             limits=tuple(d.get("limits", ())),
             matrix=matrix,
@@ -179,6 +209,15 @@ def _row_to_dict(r: OpRow) -> dict[str, Any]:
     for k in ("modules", "sources", "dtypes", "shapes", "called_as"):
         d[k] = list(d[k])
     return d
+
+
+# Schema 1 had no ``on_device``: the one not-judged reason that means "stayed on the CPU".
+_V1_CPU_REASON = "ran on the CPU by the script"
+
+
+def _not_judged_from_dict(d: Mapping[str, Any]) -> NotJudged:
+    on_device = d.get("on_device", d.get("reason") != _V1_CPU_REASON)
+    return NotJudged(d["op"], int(d["calls"]), d["reason"], bool(on_device))
 
 
 def _row_from_dict(d: Mapping[str, Any]) -> OpRow:
@@ -236,11 +275,12 @@ def _shape_text(shapes: Iterable[tuple[int, ...]]) -> str:
 def build_rows(judgements: Sequence[Judgement]) -> tuple[tuple[OpRow, ...], tuple[NotJudged, ...]]:
     """Fold per-call judgements into one row per (op, verdict), costliest problems first."""
     accs: dict[tuple[str, Verdict], _Acc] = {}
-    skipped: dict[tuple[str, str], int] = {}
+    skipped: dict[tuple[str, str, bool], int] = {}
     shape_texts: dict[tuple[tuple[int, ...], ...], str] = {}  # the same shapes recur
     for j in judgements:
         if j.verdict is None:
-            skipped[(j.op, j.reason)] = skipped.get((j.op, j.reason), 0) + 1
+            key = (j.op, j.reason, j.call.touches_device)
+            skipped[key] = skipped.get(key, 0) + 1
             continue
         acc = accs.get((j.op, j.verdict))
         if acc is None:
@@ -295,7 +335,7 @@ def build_rows(judgements: Sequence[Judgement]) -> tuple[tuple[OpRow, ...], tupl
     rows.sort(
         key=lambda r: (_VERDICT_RANK[r.verdict], -r.cost, -(r.seconds or 0.0), -r.calls, r.op)
     )
-    not_judged = tuple(NotJudged(op, n, reason) for (op, reason), n in sorted(skipped.items()))
+    not_judged = tuple(NotJudged(op, n, why, dev) for (op, why, dev), n in sorted(skipped.items()))
     return tuple(rows), not_judged
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from fallback_probe import oplists
 from fallback_probe.classify.live import judge_live
@@ -10,20 +10,12 @@ from fallback_probe.classify.matrix import build_matrix
 from fallback_probe.classify.rules import Judgement, judge, judge_all
 from fallback_probe.collect import Collection
 from fallback_probe.errors import ProbeError
+from fallback_probe.limits import PREDICT_LIMITS
 from fallback_probe.oplists import OpList
 from fallback_probe.records import Mode
 from fallback_probe.report import Matrix, Report, Target, build_rows
 
 DEFAULT_MACOS = "15"
-
-PREDICT_LIMITS = (
-    "Predicted, not observed: verdicts come from the operator list of the target release "
-    "(its macOS wheel's native_functions.yaml and explicit CPU-fallback registrations).",
-    "Assumes PYTORCH_ENABLE_MPS_FALLBACK=1: without it every fallback here raises "
-    "NotImplementedError instead.",
-    "Not visible to a prediction: MPS kernels that reject some inputs at run time (dtype, "
-    "rank, size checks) and kernels that send some inputs to the CPU themselves.",
-)
 
 
 def target_releases(torch_version: str | None, installed: str) -> tuple[str, list[str], list[str]]:
@@ -69,13 +61,25 @@ def _report(
     )
 
 
+def _lists(
+    releases: Sequence[str], on_release: Callable[[str, int, int], None] | None
+) -> Iterator[OpList]:
+    """The lists one by one: ``judge_all`` judges each as it comes, so progress is true."""
+    for n, release in enumerate(releases, 1):
+        if on_release is not None:
+            on_release(release, n, len(releases))
+        yield oplists.load(release)
+
+
 def make_report(
     col: Collection,
     torch_version: str | None = None,
     macos: str | None = None,
     oplist: OpList | None = None,
+    on_release: Callable[[str, int, int], None] | None = None,
 ) -> Report:
-    """``oplist`` replaces the release lists: predict for another backend's registrations."""
+    """``oplist`` replaces the release lists: predict for another backend's registrations.
+    ``on_release(release, n, total)`` is told as each release is judged (progress)."""
     if col.mode is Mode.LIVE:
         target = Target(col.host.torch, col.macos or "unknown", col.device_type)
         return _report(col, target, judge_live(col.trace), col.limits)
@@ -93,7 +97,7 @@ def make_report(
             f"Traced with torch {col.host.torch}: where another release decomposes ops "
             "differently above the backend, its trace could differ."
         )
-    per_release = judge_all(col.trace, [oplists.load(r) for r in releases], macos)
+    per_release = judge_all(col.trace, _lists(releases, on_release), macos)
     matrix = None
     if len(releases) > 1:
         parents = {c.index: c.parent for c in col.trace}
@@ -101,4 +105,8 @@ def make_report(
     judged = per_release.get(reference)
     if judged is None:
         judged = judge(col.trace, oplists.load(reference), macos)
+    if any(j.verdict is not None and j.op.startswith("torchvision::") for j in judged):
+        paired = oplists.load(reference).release_of("torchvision::")
+        each = " (each release of the matrix with its own)" if matrix else ""
+        limits.append(f"torchvision:: ops were judged against {paired}{each}.")
     return _report(col, Target(reference, macos, col.device_type), judged, limits, matrix)

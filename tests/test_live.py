@@ -90,6 +90,16 @@ def test_explicit_registration_on_a_composite_is_reported_at_that_op(live_report
     assert not [op for op, _ in rows if op.startswith("aten::_linalg_svd")]
 
 
+def test_live_bytes_back_count_tuple_results_and_tensors_written_into(live_report: dict) -> None:
+    svd = _rows(live_report)[("aten::linalg_svd", "fallback")]
+    assert svd["bytes_to_cpu"] == 4 * 4 * 4  # A [4×4] float32
+    assert svd["bytes_from_cpu"] == 4 * (16 + 4 + 16)  # U [4×4], S [4], Vh [4×4]
+    # Adam's _foreach_addcdiv_ returns nothing: what comes back is the parameters it wrote.
+    addcdiv = _rows(live_report)[("aten::addcdiv.out", "fallback")]
+    assert addcdiv["called_as"] == ["aten::_foreach_addcdiv_.ScalarList"]
+    assert addcdiv["bytes_from_cpu"] == 4 * (8 * 16 + 16 + 16 * 4 + 4)
+
+
 def test_unsupported_op_is_recorded_and_the_run_continues(live_report: dict) -> None:
     mm = _rows(live_report)[("aten::mm", "unsupported")]
     assert "does not support mm for non-float inputs" in mm["error"]

@@ -20,7 +20,7 @@ import pytest
 from cmarkgfm.cmark import Options
 
 from fallback_probe.classify.rules import Judgement
-from fallback_probe.diff import Diff, render_diff
+from fallback_probe.diff import Change, Diff, render_diff
 from fallback_probe.records import Mode, OpCall, TensorMeta, Verdict
 from fallback_probe.render import Format, render
 from fallback_probe.render.cells import cell, cell_list, fenced, table
@@ -234,15 +234,15 @@ def test_report_tables_keep_their_shape(mode: Mode) -> None:
     )
     assert mode_row["why"] == ERROR
     sub = rows["aten::sub.out"]
-    assert sub["why"] == f"{ERROR} (called as aten::sub.Tensor)"
+    assert (sub["why"], sub["called as"]) == (ERROR, "aten::sub.Tensor")
     assert sub["module"] == MODULE and sub["dtypes"] == "float32"
     natives = table_after(md, "Native ops")
     assert sorted(natives[1:]) == [
-        ["aten::relu", "1", " pad ", "float32"],
-        ["my|lib::op", "1", "`mod`", "float32"],
+        ["aten::relu", "", "1", " pad ", "float32"],
+        ["my|lib::op", "", "1", "`mod`", "float32"],
     ]
     matrix = table_after(md, "## Across releases")
-    assert matrix == [["op", "2.0.1", "2.15.0"], ["a|b::op", "fallback", "-"]]
+    assert matrix == [["op", "called as", "2.0.1", "2.15.0"], ["a|b::op", "", "fallback", "-"]]
     assert "m|ps" in md.replace("\\|", "|")
     assert parsed.blocks == [
         f"The run did not finish: {ERROR}",
@@ -254,15 +254,19 @@ def test_report_tables_keep_their_shape(mode: Mode) -> None:
 
 def test_diff_tables_keep_their_shape() -> None:
     d = Diff(
-        new=(("a|b::op", Verdict.FALLBACK), ("x`y", Verdict.UNSUPPORTED)),
-        resolved=((TEST_ID, Verdict.FALLBACK),),
+        new=(
+            Change("a|b::op", Verdict.FALLBACK, (MODULE,), (SOURCE,), ("x`y",)),
+            Change("x`y", Verdict.UNSUPPORTED),
+        ),
+        resolved=(Change(TEST_ID, Verdict.FALLBACK, ("`mod`", " pad ")),),
         notes=(ERROR,),
     )
     md = render_diff(d, Format.MARKDOWN)
     parsed = gfm(md)
+    head = ["op", "called as", "verdict", "module", "source"]
     assert parsed.tables == [
-        [["op", "verdict"], ["a|b::op", "fallback"], ["x`y", "unsupported"]],
-        [["op", "verdict"], [TEST_ID, "fallback"]],
+        [head, ["a|b::op", "x`y", "fallback", MODULE, SOURCE], ["x`y", "", "unsupported", "", ""]],
+        [head, [TEST_ID, "", "fallback", "`mod`,  pad ", ""]],
     ]
     assert parsed.blocks == [ERROR] and not parsed.markup
 

@@ -78,7 +78,9 @@ def test_one_release_json(capsys: Capture) -> None:
     assert doc["ops"]["aten::add.Tensor"] == "native"
     assert doc["ops"]["aten::linalg_svd"] == "composite_implicit"
     assert not any(op.endswith(".default") for op in doc["ops"])
-    assert all(op.startswith("aten::") for op in doc["ops"])
+    assert all(op.startswith(("aten::", "torchvision::")) for op in doc["ops"])
+    assert doc["ops"]["torchvision::nms"] == "native"  # the paired torchvision's ops too
+    assert doc["torchvision"].startswith("torchvision-0.29.2.json")
 
 
 def test_one_release_named_ops_text(capsys: Capture) -> None:

@@ -104,7 +104,8 @@ def test_first_run_then_update_then_clean_pass(pytester: pytest.Pytester) -> Non
     text = pytester.path.joinpath("fallback-baseline.json").read_text()
     assert text == (
         "{\n"
-        '  "fallback_probe_baseline": 1,\n'
+        '  "fallback_probe_baseline": 2,\n'
+        '  "shared": {},\n'
         '  "target": {\n'
         '    "macos": "15",\n'
         '    "mode": "predicted",\n'
@@ -146,9 +147,19 @@ def test_gate_new_improved_allowed_opted_out(pytester: pytest.Pytester) -> None:
             torch.mode(torch.randn(8, device="mps"))
             assert fallback_probe.problems == {"aten::mode": "fallback"}
 
+        @pytest.fixture
+        def warmed():
+            torch.mode(torch.randn(8, device="mps"))
+
+        @pytest.mark.fallback_probe(allow=["aten::mode"])
+        def test_setup_judged(warmed, fallback_probe):
+            torch.randn(8, device="mps").relu()
+            assert fallback_probe.problems == {}  # the fixture reports on the body alone
+
         @pytest.mark.no_fallback_probe
         def test_opted_out():
-            assert not torch.backends.mps.is_available()  # no emulated device: not probed
+            assert torch.backends.mps.is_available()  # the session's device, but not probed
+            torch.mode(torch.randn(8, device="mps"))
 
         def test_cpu_only():
             torch.randn(8).relu()
@@ -156,11 +167,23 @@ def test_gate_new_improved_allowed_opted_out(pytester: pytest.Pytester) -> None:
         def test_broken():
             torch.mode(torch.randn(8, device="mps"))
             raise ValueError("model bug")
+
+        def test_skips():  # skipped at run time: not compared, whatever it ran
+            torch.mode(torch.randn(8, device="mps"))
+            pytest.skip("not today")
+
+        @pytest.fixture
+        def unready():
+            torch.mode(torch.randn(8, device="mps"))
+            pytest.skip("no data")
+
+        def test_skips_in_setup(unready):
+            pass
         """
     pytester.makepyfile(test_g=source)
     mode_line = line_of(pytester.path / "test_g.py", "torch.mode(x)")
     known = {"aten::mode": "fallback", "aten::sort": "fallback"}
-    tests = {f"test_g.py::test_{n}": {} for n in ("grows", "allowed", "cpu_only")}
+    tests = {f"test_g.py::test_{n}": {} for n in ("grows", "allowed", "cpu_only", "setup_judged")}
     tests |= {
         "test_g.py::test_shrinks": {"aten::mode": "fallback"},
         "test_g.py::test_broken": known,
@@ -170,7 +193,7 @@ def test_gate_new_improved_allowed_opted_out(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess(
         "--fallback-probe", *RELEASE, "--fallback-report", "out/report.md"
     )
-    result.assert_outcomes(passed=5, failed=1)
+    result.assert_outcomes(passed=6, failed=1, skipped=2)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(
         [
@@ -179,7 +202,7 @@ def test_gate_new_improved_allowed_opted_out(pytester: pytest.Pytester) -> None:
             "NOTE: The baseline holds verdicts predicted for torch 2.14.1 on macOS 15; this run's "
             "are predicted for torch 2.15.0 on macOS 15. Compared anyway*",
             "NOTE: 1 test ran torch ops only on the CPU, so nothing was judged "
-            "(test_g.py::test_cpu_only): create models and tensors on mps inside the test function.",
+            "(test_g.py::test_cpu_only): they never placed a tensor on mps.",
             "New fallbacks or unsupported ops (1):",
             f"  test_g.py::test_grows: aten::mode fallback in Pool at test_g.py:{mode_line}",
             "Improvements (1):",
@@ -192,6 +215,7 @@ def test_gate_new_improved_allowed_opted_out(pytester: pytest.Pytester) -> None:
     # test_broken stopped early: its unreached aten::sort is no improvement.
     result.stdout.no_fnmatch_line("*aten::sort*")
     result.stdout.no_fnmatch_line("*test_opted_out*")
+    result.stdout.no_fnmatch_line("*test_skips*")
     assert pytester.path.joinpath("fallback-baseline.json").read_text() == before
     report = pytester.path.joinpath("out", "report.md").read_text()
     assert "**Gate FAILED**" in report
@@ -199,6 +223,9 @@ def test_gate_new_improved_allowed_opted_out(pytester: pytest.Pytester) -> None:
     assert re.search(table_row(*grows, f"`test_g.py:{mode_line}`"), report, re.M)
     allowed = ("`test_g.py::test_allowed`", "`aten::mode`", "fallback", "allowed")
     assert re.search(table_row(*allowed), report, re.M)
+    # The gate judged the setup of test_setup_judged (its fixture's aten::mode), its fixture not.
+    setup = ("`test_g.py::test_setup_judged`", "`aten::mode`", "fallback", "allowed")
+    assert re.search(table_row(*setup), report, re.M)
 
 
 def test_xdist_merges_workers_and_writes_once(pytester: pytest.Pytester) -> None:
@@ -268,10 +295,15 @@ def test_probe_failure_is_reported_plainly(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("--fallback-probe", "--fallback-update")
     result.assert_outcomes(passed=1)
     assert result.ret == pytest.ExitCode.TESTS_FAILED  # even when updating
+    # The session's first probe opened before conftest.py broke Probe: every later owner
+    # (the test module's import, the test) is named with the error.
+    why = "the probe could not start: RuntimeError: no emulation today"
     result.stdout.fnmatch_lines(
         [
-            "Probe errors (1):",
-            "  test_x.py::test_x: the probe could not start: RuntimeError: no emulation today",
+            "Probe errors (3):",
+            f"  test_x.py::test_x: {why}",
+            f"  (outside tests: conftest.py files, plugins, collection): {why}",
+            f"  test_x.py (import): {why}",
         ]
     )
     result = pytester.runpytest_subprocess("--fallback-probe", "--fallback-torch-version", "1.0")
@@ -305,8 +337,8 @@ def test_compare_rules() -> None:
     assert not out.notes
     cpu = compare({"t::a": {**result({}), "cpu_only": True}}, base, Path("b.json"))
     assert cpu.notes == [
-        "1 test ran torch ops only on the CPU, so nothing was judged (t::a): create models and "
-        "tensors on mps inside the test function."
+        "1 test ran torch ops only on the CPU, so nothing was judged (t::a): they never placed "
+        "a tensor on mps."
     ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -68,17 +69,18 @@ def test_rows_fold_calls_and_sort_problems_by_cost() -> None:
     assert mul.bytes_to_cpu == 128 + 64 * 64 * 4
     assert mul.modules == ("enc.attn",)
     assert mul.sources == ("model.py:12",)
-    assert r.summary == {"native": 1, "fallback": 2, "unsupported": 1}
+    assert r.summary == {"native": 1, "fallback": 2, "unsupported": 1, "not_judged": 1}
     assert [(n.op, n.calls) for n in r.not_judged] == [("torchvision::nms", 1)]
 
 
 def test_json_round_trip_is_lossless() -> None:
     r = _sample()
     d = json.loads(render(r, Format.JSON))
-    assert d["schema_version"] == 1
+    assert d["schema_version"] == 2
     assert d["mode"] == "predicted"
     assert d["target"] == {"torch": "2.15.0", "macos": "15", "device": "mps"}
-    assert d["summary"] == {"native": 1, "fallback": 2, "unsupported": 1}
+    assert d["summary"] == {"native": 1, "fallback": 2, "unsupported": 1, "not_judged": 1}
+    assert d["outcome"] == "problems"
     assert "matrix" not in d
     again = Report.from_dict(d)
     assert again == r
@@ -87,9 +89,11 @@ def test_json_round_trip_is_lossless() -> None:
 
 def test_markdown_says_predicted_target_and_limits() -> None:
     md = render(_sample(), Format.MARKDOWN)
-    assert "Predicted for torch 2.15.0 on macOS 15 (mps): 2 fallback, 1 unsupported, 1 native" in md
-    assert "| `aten::mul.out`" in md
-    assert "called as aten::mul.Tensor" in md
+    assert (
+        "Predicted for torch 2.15.0 on macOS 15 (mps): 2 fallback, 1 unsupported, 1 native, "
+        "1 not judged" in md
+    )
+    assert re.search(r"\| `aten::mul.out` +\| `aten::mul.Tensor` +\| fallback", md)  # called as
     assert "What this report could not see" in md
     assert "`torchvision::nms` (1 calls): not judged" in md
     assert "<details><summary>Native ops (1)</summary>" in md
@@ -124,16 +128,22 @@ def test_diff_lists_new_and_resolved() -> None:
         torch="2.8.0",
     )
     d = diff_reports(old, new)
-    assert d.new == (("aten::col2im", Verdict.FALLBACK),)
-    assert d.resolved == (
+    assert [(c.op, c.verdict) for c in d.new] == [("aten::col2im", Verdict.FALLBACK)]
+    assert [(c.op, c.verdict) for c in d.resolved] == [
         ("aten::add.Tensor", Verdict.UNSUPPORTED),
         ("aten::mul.out", Verdict.FALLBACK),
-    )
+    ]
     assert any("differ in target" in n for n in d.notes)
     md = render_diff(d, Format.MARKDOWN)
     assert "## New (1)" in md and "`aten::col2im`" in md
     assert json.loads(render_diff(d, Format.JSON))["new"] == [
-        {"op": "aten::col2im", "verdict": "fallback"}
+        {
+            "op": "aten::col2im",
+            "verdict": "fallback",
+            "modules": ["enc.attn"],
+            "sources": ["model.py:12"],
+            "called_as": [],
+        }
     ]
 
 

@@ -25,6 +25,7 @@ def build_matrix(
     # that gained a kernel): a row follows the calls, not the name.
     by_call: dict[str, dict[int, Verdict]] = {}
     calls_of: dict[str, set[int]] = {}
+    called_as: dict[str, dict[str, None]] = {}  # op -> what the script called, when other
     for release in releases:
         cells = by_call[release] = {}
         for j in per_release[release]:
@@ -37,6 +38,8 @@ def build_matrix(
                 i = parents.get(i)
             if j.verdict is not Verdict.NATIVE:
                 calls_of.setdefault(j.op, set()).add(j.call.index)
+                if j.call.op != j.op:
+                    called_as.setdefault(j.op, {})[j.call.op] = None
     ops: dict[str, dict[str, str]] = {}
     for op in sorted(calls_of):
         row = {}
@@ -53,7 +56,9 @@ def build_matrix(
         if problems[r]:
             break
         native_from = r
-    return Matrix(tuple(releases), ops, native_from, _upgrade_text(problems, releases, reference))
+    upgrade = _upgrade_text(problems, releases, reference)
+    names = {op: tuple(sorted(called_as[op])) for op in ops if op in called_as}
+    return Matrix(tuple(releases), ops, native_from, upgrade, names)
 
 
 def _upgrade_text(

@@ -157,7 +157,9 @@ def _judge_one(
         known = by_op[op]
     else:
         entry = oplist.get(op)
-        known = by_op[op] = None if entry is None else _entry_verdict(op, entry, release)
+        known = by_op[op] = (
+            None if entry is None else _entry_verdict(op, entry, oplist.release_of(op))
+        )
     if known is None:
         if is_cpu_only(op):
             return Judgement(call, op, None, "a CPU-only kernel with no MPS counterpart known")

@@ -57,8 +57,10 @@ def intercepting(recorder: Recorder, names: Iterable[str]) -> Iterator[None]:
             op = _overload(name)
 
             def kernel(*args, _op=op, _name=name, **kwargs):  # type: ignore[no-untyped-def]
-                with recorder.composite(_name, args, kwargs):
-                    return _op.decompose(*args, **kwargs)
+                with recorder.composite(_name, args, kwargs) as results:
+                    result = _op.decompose(*args, **kwargs)
+                    results.append(result)
+                    return result
 
             schema_name = name.partition("::")[2]
             for key in _KEYS:

@@ -86,6 +86,15 @@ def _returns_view(func: Any) -> bool:
     )
 
 
+def _written(func: Any, args: tuple, kwargs: dict) -> list[Any]:
+    """The arguments an op writes into (``Tensor(a!)``): its results when it returns none."""
+    out = []
+    for i, a in enumerate(func._schema.arguments):
+        if a.alias_info is not None and a.alias_info.is_write:
+            out.append(kwargs[a.name] if a.name in kwargs else args[i] if i < len(args) else None)
+    return out
+
+
 def _makes_on_device(kwargs: dict) -> bool:
     """A ``device="mps"`` argument: a factory or a transfer onto the (emulated) device."""
     device = kwargs.get("device")
@@ -424,6 +433,8 @@ class Recorder(TorchDispatchMode):
             extra = dict(extra or {})
             extra["notes"] = (*extra.get("notes", ()), TRANSPOSED)
         outputs, out_dev = self._metas(result if isinstance(result, (list, tuple)) else (result,))
+        if result is None:  # returns nothing: it wrote into arguments (``_cummax_helper``)
+            outputs, out_dev = self._metas(_written(func, args, kwargs))
         if self._is_on_device is not None and not (in_dev or out_dev) and parent is None:
             self.cpu_work[name] = self.cpu_work.get(name, 0) + 1
             return result
@@ -456,19 +467,23 @@ class Recorder(TorchDispatchMode):
 
     # -- composite ops that decompose above the dispatch mode ---------------------------
     @contextmanager
-    def composite(self, name: str, args: tuple, kwargs: dict) -> Iterator[None]:
-        """Record ``name`` as a parent of whatever runs inside (see ``intercept.py``)."""
+    def composite(self, name: str, args: tuple, kwargs: dict) -> Iterator[list[Any]]:
+        """Record ``name`` as a parent of whatever runs inside (see ``intercept.py``); the
+        caller appends the composite's result to the list it gets, so its outputs count."""
         inputs, _ = self._metas(args)
         if kwargs:
             inputs += self._metas(kwargs.values())[0]
         index = next(self._counter)
         parent = self._stack[-1][0] if self._stack else None
         self._stack.append((index, name))
+        results: list[Any] = []
         try:
-            yield
+            yield results
         finally:
             self._stack.pop()
-        self._file(index, name, parent, inputs, (), None)
+        result = results[0] if results else None
+        outputs = self._metas(result if isinstance(result, (list, tuple)) else (result,))[0]
+        self._file(index, name, parent, inputs, outputs, None)
 
 
 _DISPATCH_CODE = Recorder.__torch_dispatch__.__code__

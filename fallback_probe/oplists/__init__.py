@@ -115,6 +115,7 @@ class OpList:
         "_entries",
         "_raw",
         "_names",
+        "_libraries",
     )
 
     def __init__(
@@ -133,6 +134,7 @@ class OpList:
         self._entries = dict(entries)
         self._raw: Mapping[str, Mapping[str, Any]] = {}  # op -> JSON entry, when read lazily
         self._names: tuple[str, ...] | None = None
+        self._libraries: dict[str, str] = {}  # namespace -> release of a merged library list
 
     @classmethod
     def from_document(cls, doc: Mapping[str, Any]) -> OpList:
@@ -174,6 +176,11 @@ class OpList:
         if entry is None:
             entry = self._lookup(normalize_op(op))
         return entry
+
+    def release_of(self, op: str) -> str:
+        """Which release decides ``op``: the torch release, or a merged library's
+        (``torchvision 0.15.2 (with torch 2.0.1)`` for ``torchvision::`` ops)."""
+        return self._libraries.get(op.split("::", 1)[0], self.torch_version)
 
     def __contains__(self, op: object) -> bool:
         return isinstance(op, str) and self.get(op) is not None
@@ -273,15 +280,24 @@ def nearest_release(version: str) -> str:
     return older[-1] if older else known[0]
 
 
-def load(release: str) -> OpList:
-    """The shipped list of a listed release or of any version that resolves to one."""
-    return _load_resolved(resolve_release(release))
+def load(release: str, torchvision: str | None = None) -> OpList:
+    """The shipped list of a listed release or of any version that resolves to one.
+
+    It also holds the ``torchvision::`` ops of ``torchvision`` (a listed torchvision
+    release; ``""`` for none), by default the release paired with ``release``
+    (``oplists.torchvision.paired``), so predict mode judges them like ATen ops.
+    """
+    from fallback_probe.oplists import torchvision as tv
+
+    resolved = resolve_release(release)
+    chosen = tv.paired(resolved) if torchvision is None else torchvision
+    return _load_resolved(resolved, chosen or "")
 
 
 @functools.cache
-def _load_resolved(release: str) -> OpList:
+def _load_resolved(release: str, torchvision: str = "") -> OpList:
     text = _lists_dir().joinpath(f"torch-{release}.json").read_text(encoding="utf-8")
-    return _parse(text, f"torch-{release}.json")
+    return _parse(text, f"torch-{release}.json", torchvision)
 
 
 def load_file(path: str | os.PathLike[str]) -> OpList:
@@ -294,14 +310,29 @@ def load_file(path: str | os.PathLike[str]) -> OpList:
     return _parse(text, os.fspath(path))
 
 
-def _parse(text: str, where: str) -> OpList:
+def _parse(text: str, where: str, torchvision: str = "") -> OpList:
     try:
         doc = json.loads(text)
         if doc.get("format") != FORMAT:
             raise ValueError(f"format {doc.get('format')!r}, expected {FORMAT}")
-        return OpList.from_document(doc)
+        if torchvision:
+            doc = _with_torchvision(doc, torchvision)
+        oplist = OpList.from_document(doc)
+        if torchvision:
+            label = doc["provenance"]["torchvision"].split(".json", 1)[0].replace("-", " ")
+            oplist._libraries["torchvision"] = f"{label} (with torch {oplist.torch_version})"
+        return oplist
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ProbeError(f"corrupt operator list {where}: {exc}") from exc
+
+
+def _with_torchvision(doc: dict[str, Any], release: str) -> dict[str, Any]:
+    from fallback_probe.oplists import torchvision as tv
+
+    extra = tv.document(release)
+    name = f"torchvision-{extra['torchvision_version']}.json"
+    provenance = {**doc["provenance"], "torchvision": f"{name} ({extra['provenance']['wheel']})"}
+    return {**doc, "ops": {**doc["ops"], **extra["ops"]}, "provenance": provenance}
 
 
 _STATUSES = {status.value: status for status in OpStatus}

@@ -1,4 +1,4 @@
-"""``fallback-probe ops`` and ``fallback-probe oplists build``.
+"""``fallback-probe ops`` and ``fallback-probe oplists build|verify``.
 
 The main CLI hands over the words after ``ops`` / ``oplists build``; each function parses
 them itself, prints results to stdout and one-line errors to stderr, and returns an exit code.
@@ -28,6 +28,7 @@ from fallback_probe.oplists import (
 
 PROG_OPS = "fallback-probe ops"
 PROG_BUILD = "fallback-probe oplists build"
+PROG_VERIFY = "fallback-probe oplists verify"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,6 +83,8 @@ def ops_main(argv: list[str]) -> int:
 
 def _ops(args: argparse.Namespace) -> int:
     names = [normalize_op(op) for op in args.ops]
+    if args.torch_version is None and names and all(_is_torchvision(op) for op in names):
+        return _torchvision_history(names, args.format)
     if args.torch_version is None and not names:
         args.torch_version = nearest_release(_installed_torch())
     if args.torch_version is not None:
@@ -104,6 +107,7 @@ def _one_release(oplist: OpList, names: list[str], fmt: str) -> int:
     if fmt == "json":
         doc = {
             "torch_version": oplist.torch_version,
+            "torchvision": oplist.provenance.get("torchvision"),
             "ops": {op: entry.status.value for op, entry in known.items()},
         }
         print(json.dumps(doc, indent=2))
@@ -138,6 +142,44 @@ def _history(names: list[str], fmt: str) -> int:
         for op in known:
             print(f"{op}: {history_line([oplist.get(op) for oplist in lists], lists)}")
     return _report_unknown(unknown, lambda op: near_names(op, every), "any listed release")
+
+
+def _is_torchvision(op: str) -> bool:
+    return op.startswith("torchvision::")
+
+
+def _torchvision_history(names: list[str], fmt: str) -> int:
+    """Each op's status across the listed torchvision releases (with the torch each pairs)."""
+    from fallback_probe.oplists import torchvision as tv
+
+    lists = [
+        OpList(
+            release,
+            {op: OpEntry.from_json(op, raw) for op, raw in tv.document(release)["ops"].items()},
+        )
+        for release in tv.releases()
+    ]
+    every = sorted({op for oplist in lists for op in oplist.ops()})
+    unknown = [op for op in names if op not in every]
+    known = [op for op in names if op not in unknown]
+    if fmt == "json":
+        doc = {
+            "torchvision_releases": [ol.torch_version for ol in lists],
+            "pairs": dict(tv.PAIRS),
+            "ops": {
+                op: {
+                    ol.torch_version: (e.status.value if (e := ol.get(op)) else None)
+                    for ol in lists
+                }
+                for op in known
+            },
+        }
+        print(json.dumps(doc, indent=2))
+    else:
+        for op in known:
+            line = history_line([ol.get(op) for ol in lists], lists)
+            print(f"{op}: {line} (torchvision releases)")
+    return _report_unknown(unknown, lambda op: near_names(op, every), "any listed torchvision")
 
 
 def _report_unknown(unknown: list[str], suggest: Callable[[str], list[str]], where: str) -> int:
@@ -199,6 +241,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--torch-version", help="X.Y.Z; downloads the wheel from PyPI")
     parser.add_argument("--wheel", help="a local torch macOS arm64 wheel instead of downloading")
+    parser.add_argument(
+        "--torchvision-wheel",
+        nargs="+",
+        metavar="WHEEL",
+        help="local torchvision macOS arm64 wheels: write operator_lists/torchvision-X.Y.Z.json",
+    )
     parser.add_argument("--out-dir", help="default: the package's operator_lists folder")
     parser.add_argument("--download-dir", help="keep the downloaded wheel here")
     return parser
@@ -212,14 +260,78 @@ def build_main(argv: list[str]) -> int:
 def _build(args: argparse.Namespace) -> int:
     from fallback_probe.oplists import build
 
+    out_dir = args.out_dir or build.default_out_dir()
+    if args.torchvision_wheel:
+        from fallback_probe.oplists import torchvision
+
+        for wheel in args.torchvision_wheel:
+            path, text = torchvision.build_from_wheel(wheel, out_dir)
+            _print_counts(path, text)
+        if not args.wheel and not args.torch_version:
+            return int(ExitCode.OK)
     if not args.wheel and not args.torch_version:
         raise ProbeError(f"{PROG_BUILD}: give --torch-version X.Y.Z or --wheel PATH")
-    out_dir = args.out_dir or build.default_out_dir()
     if args.wheel:
         path, text = build.build_from_wheel(args.wheel, out_dir, args.torch_version)
     else:
         path, text = build.build_release(args.torch_version, out_dir, args.download_dir)
+    _print_counts(path, text)
+    return int(ExitCode.OK)
+
+
+def _print_counts(path: object, text: str) -> None:
     counts = json.loads(text)["counts"]
     summary = ", ".join(f"{status} {count}" for status, count in counts.items())
     print(f"wrote {path}: {sum(counts.values())} ops ({summary})")
-    return int(ExitCode.OK)
+
+
+# --- oplists verify ----------------------------------------------------------------------
+
+
+def _verify_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG_VERIFY,
+        description=(
+            "Check fallback_probe/oplists/explicit_fallbacks.json against torch wheels: the "
+            "MPS registrations compiled into torch/lib/libtorch_cpu.dylib and the Python "
+            "files' Library.impl(..., 'MPS') calls. Exit 1 on any disagreement."
+        ),
+    )
+    parser.add_argument(
+        "--wheel", nargs="+", required=True, metavar="WHEEL", help="torch macOS arm64 wheels"
+    )
+    parser.add_argument("--table", help="a table file to check instead of the shipped one")
+    return parser
+
+
+def verify_main(argv: list[str]) -> int:
+    """Entry point for ``fallback-probe oplists verify``."""
+    return _run(_verify_parser(), argv, _verify)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from fallback_probe.oplists import verify
+
+    tables = None
+    if args.table:
+        try:
+            with open(args.table, encoding="utf-8") as fh:
+                tables = json.load(fh)
+        except (OSError, ValueError) as exc:
+            raise ProbeError(f"{PROG_VERIFY}: cannot read table {args.table}: {exc}") from exc
+    failed = False
+    for wheel in args.wheel:
+        verdict = verify.verify_wheel(wheel, tables)
+        print(verdict.summary())
+        for problem in verdict.problems:
+            print(f"  [{verdict.minor}] {problem}")
+        failed = failed or bool(verdict.problems)
+    return int(ExitCode.FOUND if failed else ExitCode.OK)
+
+
+def oplists_main(argv: list[str]) -> int:
+    """``fallback-probe oplists build|verify ...``."""
+    commands = {"build": build_main, "verify": verify_main}
+    if not argv or argv[0] not in commands:
+        return _fail(ProbeError("usage: fallback-probe oplists {build,verify} ... (see --help)"))
+    return commands[argv[0]](argv[1:])
