@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Literal
 
 from fallback_probe.collect import Collection, this_host
 from fallback_probe.collect.mode import decide
-from fallback_probe.limits import UNOPENED_COMPOSITES
 from fallback_probe.oplists import OpList
 from fallback_probe.records import Mode, OpCall, OpStatus
 from fallback_probe.report import Report
@@ -190,7 +189,6 @@ class Probe:
         if emu is None:
             col.limits.append("Emulation off: every op of the run was judged as if it ran on MPS.")
             return
-        col.limits.append(UNOPENED_COMPOSITES)
         placeholders, rejections = self._seen_before  # only what this block added
         for op, where in emu.placeholders[placeholders:]:
             col.limits.append(f"{op} at {where} returned a placeholder (no data on meta).")

@@ -15,14 +15,8 @@ RUNTIME_CHECKS = (
     "Not visible to a prediction: MPS kernels that reject some inputs at run time (dtype, "
     "rank, size checks) and kernels that send some inputs to the CPU themselves."
 )
-UNOPENED_COMPOSITES = (
-    "Composite ops on the emulated device whose release registers no kernel for them "
-    "are judged by their status alone (native: they run as other ops); the ops inside "
-    "them are not traced under emulation."
-)
-
 PREDICT_LIMITS = (PREDICTED, NEEDS_FALLBACK_ENV, RUNTIME_CHECKS)
-STANDING = frozenset({*PREDICT_LIMITS, UNOPENED_COMPOSITES})
+STANDING = frozenset(PREDICT_LIMITS)
 
 
 def split_limits(limits: tuple[str, ...], has_fallbacks: bool) -> tuple[list[str], list[str]]:

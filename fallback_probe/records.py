@@ -35,6 +35,10 @@ class Mode(str, Enum):
 
 # A note the recorder puts on a convolution call that was transposed: MPS routes it elsewhere.
 TRANSPOSED = "transposed"
+# The start of a note on a composite whose body could not be run to see what it calls.
+UNTRACED = "body not traced"
+# A note on a composite whose body ran and called no other op.
+EMPTY_BODY = "body calls no op"
 
 
 @dataclass(frozen=True, slots=True)

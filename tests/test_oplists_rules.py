@@ -39,6 +39,9 @@ def result() -> dict:
         ("aten::upsample.out", M),
         ("aten::chain", N),  # delegate chain chain -> chain.mid -> chain.out (MPS)
         ("aten::chain.mid", N),
+        ("aten::reduce.dims", CE),  # delegate without MPS but composite: its body runs
+        ("aten::reduce.dims_out", CE),
+        ("aten::reduce2.dims", M),  # delegate without any kernel: the fallback, as .dims_out
         ("aten::implicit_default", CI),  # no dispatch, no delegate
         ("aten::implicit_named", CI),  # CompositeImplicitAutograd + NestedTensor keys
         ("aten::implicit_nested_only", M),  # the NestedTensor composite covers no dense key
@@ -83,6 +86,7 @@ def test_facts_behind_the_status(result: dict) -> None:
     assert result["aten::add.Tensor"].delegate == "aten::add.out"
     assert result["aten::upsample.vec"].delegate == "aten::upsample.out"
     assert result["aten::chain"].delegate == "aten::chain.mid"
+    assert result["aten::reduce.dims"].delegate == "aten::reduce.dims_out"
     assert result["aten::add.Tensor"].sparse_keys == ("SparseMPS",)
     assert result["aten::add.out"].sparse_keys == ()
     assert result["aten::lookalike_keys"].sparse_keys == ("SparseMPS", "SparseCsrMPS")

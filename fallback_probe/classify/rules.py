@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from fallback_probe.classify.routes import ROUTES, TRANSPOSED_ROUTES, is_cpu_only
 from fallback_probe.oplists import OpEntry, OpList
-from fallback_probe.records import TRANSPOSED, OpCall, OpStatus, Verdict
+from fallback_probe.records import EMPTY_BODY, TRANSPOSED, UNTRACED, OpCall, OpStatus, Verdict
 
 NO_FLOAT64 = frozenset({"float64", "complex128"})
 NEEDS_MACOS_14 = frozenset({"bfloat16", "complex64"})
@@ -54,7 +54,9 @@ def _dtype_verdict(call: OpCall, old_macos: bool) -> tuple[Verdict, str] | None:
     return None
 
 
-def _entry_verdict(op: str, entry: OpEntry, release: str) -> tuple[str, Verdict | None, str]:
+def _entry_verdict(
+    op: str, entry: OpEntry, release: str, oplist: OpList
+) -> tuple[str, Verdict | None, str]:
     """Verdict for an op the backend reaches; ``None`` means: judge what it ran instead."""
     status = entry.status
     if entry.error_kernel:
@@ -62,7 +64,12 @@ def _entry_verdict(op: str, entry: OpEntry, release: str) -> tuple[str, Verdict 
     if status is OpStatus.NATIVE:
         return op, Verdict.NATIVE, f"MPS kernel in {release}"
     if status is OpStatus.EXPLICIT_FALLBACK:
-        reached = entry.delegate or op
+        # Registered itself (2.0 linalg_vector_norm): reached as itself. Only an op that
+        # inherits the registration from its delegate (2.0 sgn <- sgn.out) reaches the
+        # delegate, through its generated wrapper.
+        delegate = oplist.get(entry.delegate) if entry.delegate else None
+        inherited = delegate is not None and delegate.status is OpStatus.EXPLICIT_FALLBACK
+        reached = entry.delegate if inherited else op
         via = f" (reaches the backend as {reached})" if reached != op else ""
         return (
             reached,
@@ -74,6 +81,14 @@ def _entry_verdict(op: str, entry: OpEntry, release: str) -> tuple[str, Verdict 
         via = f" (reaches the backend as {reached})" if reached != op else ""
         return reached, Verdict.FALLBACK, f"no MPS kernel in {release}{via}"
     return op, None, f"{status.value} in {release}"
+
+
+# Composites the recorder never opens other than views, and why each is native on MPS.
+_JUDGED_WHOLE = {
+    "aten::copy_": "copies with MPS's own copy inside its body (Copy.cpp: mps_copy_)",
+    "aten::detach": "metadata only",
+    "aten::lift_fresh": "metadata only",
+}
 
 
 class _Prepared:
@@ -148,7 +163,7 @@ def _judge_one(
             entry = oplist.get(target)
             if entry is None:
                 continue
-            name, verdict, reason = _entry_verdict(target, entry, release)
+            name, verdict, reason = _entry_verdict(target, entry, release, oplist)
             if verdict is None:
                 verdict, reason = Verdict.NATIVE, f"decomposes into portable ops ({reason})"
             return Judgement(call, name, verdict, f"{reason}; on MPS {op} runs as {target}")
@@ -158,7 +173,7 @@ def _judge_one(
     else:
         entry = oplist.get(op)
         known = by_op[op] = (
-            None if entry is None else _entry_verdict(op, entry, oplist.release_of(op))
+            None if entry is None else _entry_verdict(op, entry, oplist.release_of(op), oplist)
         )
     if known is None:
         if is_cpu_only(op):
@@ -171,7 +186,15 @@ def _judge_one(
         return Judgement(call, name, verdict, reason)
     if has_children:
         return None
-    return Judgement(call, op, Verdict.NATIVE, f"runs as other ops on MPS ({reason})")
+    untraced = next((n for n in call.notes if n.startswith(UNTRACED)), None)
+    if untraced is not None:  # what it calls is unknown: no verdict rather than a guess
+        return Judgement(call, op, None, f"{reason}, and its {untraced}")
+    if EMPTY_BODY in call.notes:
+        return Judgement(call, op, Verdict.NATIVE, f"{reason}; its body calls no other op")
+    # Not opened on purpose (tracer.NEVER_DECOMPOSE, or a view whose body reaches only view
+    # ops, native in every judged list).
+    why = _JUDGED_WHOLE.get(op, "a view: its body reaches only view ops")
+    return Judgement(call, op, Verdict.NATIVE, f"{reason}; {why}")
 
 
 def judge_all(

@@ -1,10 +1,14 @@
 """Catch composite ops before they decompose, when some release registers them directly.
 
 A dispatch mode sits below autograd, where ``CompositeImplicitAutograd`` ops have already
-been replaced by their parts. MPS ≤ 2.13 registers ``linalg_svd`` straight to the CPU
-fallback, so the whole call leaves the GPU (mps-facts §5). To see such ops, predict mode
-registers a pass-through kernel at ``AutogradCPU``/``AutogradMeta`` that records the call as a
-parent and then runs the usual decomposition; it is removed when the probe ends.
+been replaced by their parts. A direct MPS registration wins over the decomposition
+(mps-facts §5): MPS ≤ 2.13 registers ``linalg_svd`` straight to the CPU fallback, so the whole
+call leaves the GPU; 2.5–2.9 have an MPS kernel for ``linalg_lu_factor``, whose parts here
+(``linalg_lu_factor_ex``) had none. To see such ops, predict mode registers a pass-through
+kernel at ``AutogradCPU``/``AutogradMeta`` (the keys of plain, emulated and meta-backed
+tensors alike) that records the call as a parent and then runs the usual decomposition; the
+judge uses the parent where the release registers it and the parts elsewhere. The kernels are
+removed when the probe ends.
 """
 
 from __future__ import annotations
@@ -23,11 +27,21 @@ from fallback_probe.records import OpStatus
 _KEYS = ("AutogradCPU", "AutogradMeta")
 
 
+# What a direct registration for the MPS key makes of an op: its own kernel or the fallback.
+_DIRECT = (OpStatus.EXPLICIT_FALLBACK, OpStatus.NATIVE)
+# Native in every listed release and among the most frequent ops of a model, so left to
+# decompose (a Python kernel per call would cost more than it tells): their parts here
+# (t, addmm, matmul, max_pool2d_with_indices) are native in every listed release too, which
+# tests/test_composites.py checks against each list.
+JUDGED_BY_PARTS = frozenset({"aten::linear", "aten::max_pool2d"})
+
+
 @lru_cache(maxsize=8)
 def directly_registered_composites(lists: tuple[OpList, ...]) -> tuple[str, ...]:
-    """Ops that are explicit fallbacks in a judged release and composite in this torch. Only
-    the judged releases matter: the trace is judged against them alone."""
-    names = {op for ol in lists for op in ol.with_status(OpStatus.EXPLICIT_FALLBACK)}
+    """Ops registered for MPS in a judged release (an MPS kernel, or straight to the
+    fallback) that decompose above the dispatch mode in this torch. Only the judged releases
+    matter: the trace is judged against them alone."""
+    names = {op for ol in lists for op in ol.with_status(*_DIRECT)} - JUDGED_BY_PARTS
     return tuple(sorted(n for n in names if _decomposes_here(n)))
 
 

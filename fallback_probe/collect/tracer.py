@@ -2,8 +2,9 @@
 
 A private ``TorchDispatchMode`` sees each op after autograd, as the backend would; a
 ``ModuleTracker`` (``modules.py``) says which module issued it. The same recorder serves both modes: predict
-mode also opens composite kernels so their constituent ops are recorded under them, live mode
-adds evidence around each real call (see ``live.py``).
+mode also opens composite kernels so their constituent ops are recorded under them (on the
+emulated device, by running the body on meta copies: ``shadow.py``), live mode adds evidence
+around each real call (see ``live.py``).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import torch
 from torch._C import DispatchKey
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from fallback_probe.collect import shadow
 from fallback_probe.collect.modules import module_tracker
-from fallback_probe.records import TRANSPOSED, OpCall, TensorMeta
+from fallback_probe.records import EMPTY_BODY, TRANSPOSED, UNTRACED, OpCall, TensorMeta
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,9 +43,15 @@ NEVER_DECOMPOSE = frozenset(
     }
 )
 
-# Only the backend-agnostic kernel: ``…NonFunctional`` wrappers of structured ops are judged
-# through the operator list's delegate instead.
-_COMPOSITE_KEYS = (DispatchKey.CompositeExplicitAutograd,)
+# In the dispatcher's order for a backend without a kernel of its own (mps-facts §11): the
+# generated wrapper of a structured op outranks the op's own composite kernel (all.dims).
+# A CompositeImplicitAutograd op reaches the mode only where autograd is off (inference
+# mode); there the backend key runs the same decomposition.
+_COMPOSITE_KEYS = (
+    DispatchKey.CompositeExplicitAutogradNonFunctional,
+    DispatchKey.CompositeExplicitAutograd,
+    DispatchKey.CompositeImplicitAutograd,
+)
 
 
 def op_name(func: torch._ops.OpOverload) -> str:
@@ -68,7 +76,7 @@ _IGNORED_NAMESPACES = ("profiler::",)
 
 
 def _plain(args: tuple) -> bool:
-    """A composite's body may only be opened on ordinary tensors: run on a tensor subclass
+    """A composite's body may only run for real on ordinary tensors: run on a tensor subclass
     (the emulated device) it would compute device arguments from the backing device."""
     for a in args:
         if isinstance(a, torch.Tensor) and type(a) not in _PLAIN:
@@ -160,6 +168,9 @@ def _display_path(filename: str, cwd: str | None) -> str:
     return filename if rel.startswith("..") else rel
 
 
+_Facts = tuple[str, bool, "int | None", "DispatchKey | None", bool]
+_NO_BODY = "the installed torch runs it as a kernel of its own, so what it calls is unknown"
+
 # What the hot path files per call; OpCall (a frozen dataclass, ~2 us to build) is made only
 # when the trace is read: (index, op, parent, module, backward, code, line, inputs, outputs,
 # extra).
@@ -200,7 +211,7 @@ class Recorder(TorchDispatchMode):
         # Holding one frame keeps its locals until the next op or the end of the probe.
         self._last_caller: FrameType | None = None
         self._last_source: tuple[CodeType | None, int] = (None, 0)
-        self._ops: dict[Any, tuple[str, bool, int | None, DispatchKey | None]] = {}
+        self._ops: dict[Any, _Facts] = {}
         self.sink: Callable[[OpCall], None] | None = None
         self._counter = itertools.count()
         self._depth = 0  # the mode is re-entered while a composite runs; the tracker is not
@@ -213,6 +224,10 @@ class Recorder(TorchDispatchMode):
             self._cwd = None
         self._paths: dict[str, str] = {}
         self._tensor_metas: dict[tuple[torch.dtype, torch.Size, bool], TensorMeta] = {}
+        self._parents: set[int] = set()  # opened composites that called something
+        # While a body runs on meta copies (shadow.py): its calls, filed relative to it.
+        self._pending: list[_Row] | None = None
+        self._bodies = _bodies_for(decompose, open_views)
 
     # -- context -------------------------------------------------------------------------
     def __enter__(self) -> Recorder:
@@ -356,23 +371,21 @@ class Recorder(TorchDispatchMode):
                 out.append(found)
         return tuple(out), any_dev
 
-    def _openable_here(self, args: tuple, kwargs: dict) -> bool:
-        """Under emulation, a composite on the emulated device is judged by its status, not
-        opened: neither one taking its tensors nor one creating tensors there."""
-        return _plain(args) and (self._handler is None or not _makes_on_device(kwargs))
-
-    def _facts(self, func: Any) -> tuple[str, bool, int | None, DispatchKey | None]:
+    def _facts(self, func: Any) -> _Facts:
         """Per overload, once: (name, ignored, index of a transposed flag, the composite
-        kernel to open it with, if it may be opened)."""
+        kernel to open it with, if it may be opened, and whether it should be opened)."""
         name = op_name(func)
         wanted = self._decompose is True or (
             bool(self._decompose) and name in self._decompose  # type: ignore[operator]
         )
+        wanted = (
+            wanted and name not in NEVER_DECOMPOSE and (self._open_views or not _returns_view(func))
+        )
         key = None
-        if wanted and name not in NEVER_DECOMPOSE and (self._open_views or not _returns_view(func)):
+        if wanted:
             has = torch._C._dispatch_has_kernel_for_dispatch_key
             key = next((k for k in _COMPOSITE_KEYS if has(name, k)), None)
-        facts = (name, name.startswith(_IGNORED_NAMESPACES), _TRANSPOSED_ARG.get(name), key)
+        facts = (name, name.startswith(_IGNORED_NAMESPACES), _TRANSPOSED_ARG.get(name), key, wanted)
         self._ops[func] = facts
         return facts
 
@@ -402,7 +415,7 @@ class Recorder(TorchDispatchMode):
     def _dispatch(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
         facts = self._ops.get(func) or self._facts(func)
-        name, ignored, flag, composite_key = facts
+        name, ignored, flag, composite_key, wanted = facts
         if ignored:  # bookkeeping, not computation: on purpose
             return func(*args, **kwargs)
         inputs, in_dev = self._metas(args)
@@ -413,22 +426,36 @@ class Recorder(TorchDispatchMode):
         index = next(self._counter)
         stack = self._stack
         parent = stack[-1][0] if stack else None
+        if parent is not None:
+            self._parents.add(parent)
         extra: dict[str, Any] | None = None
-        if (
-            composite_key is not None
-            and all(op != name for _, op in stack)
-            and self._openable_here(args, kwargs)
-        ):
+        on_device = self._handler is not None and (in_dev or _makes_on_device(kwargs))
+        opened = composite_key is not None and all(op != name for _, op in stack)
+        body: tuple[_Row, ...] = ()
+        if opened and on_device:
+            result, extra, body = self._shadowed(func, composite_key, name, types, args, kwargs)
+        elif opened and _plain(args):
             stack.append((index, name))
             try:
                 with self:
                     result = func._op_dk(composite_key, *args, **kwargs)
             finally:
                 stack.pop()
-        elif self._handler is not None and (in_dev or _makes_on_device(kwargs)):
+            if index in self._parents:
+                self._parents.discard(index)
+            else:
+                extra = {"notes": (EMPTY_BODY,)}
+        elif on_device:
             result = self._handler(func, types, args, kwargs)
+        elif self._pending is not None:
+            result = shadow.run_leaf(func, args, kwargs)
         else:
             result, extra = self.run(func, name, args, kwargs)
+        if wanted and not (opened and (on_device or _plain(args))):
+            # A composite in a judged release whose body this torch cannot show (it has a
+            # kernel of its own here, or the call is on another tensor subclass).
+            extra = dict(extra or {})
+            extra["notes"] = (*extra.get("notes", ()), f"{UNTRACED}: {_NO_BODY}")
         if flag is not None and len(args) > flag and args[flag] is True:
             extra = dict(extra or {})
             extra["notes"] = (*extra.get("notes", ()), TRANSPOSED)
@@ -439,7 +466,71 @@ class Recorder(TorchDispatchMode):
             self.cpu_work[name] = self.cpu_work.get(name, 0) + 1
             return result
         self._file(index, name, parent, inputs, outputs, extra)
+        if body:
+            self._file_body(index, body)
         return result
+
+    # -- composites on the emulated device ----------------------------------------------
+    def _shadowed(
+        self, func: Any, key: DispatchKey, name: str, types: Any, args: tuple, kwargs: dict
+    ) -> tuple[Any, dict[str, Any] | None, tuple[_Row, ...]]:
+        """The real result from the emulation; what the body calls from its run on meta
+        copies (taken before the real call, which may change its arguments)."""
+        sig = shadow.signature(func, args, kwargs)
+        body = self._bodies.get(sig) if sig is not None else None
+        margs = mkwargs = None
+        if body is None:
+            margs, mkwargs = shadow.to_meta(args, kwargs)
+        result = self._handler(func, types, args, kwargs)  # type: ignore[misc]
+        if body is None:
+            body = self._trace_body(func, key, name, margs, mkwargs)  # type: ignore[arg-type]
+            if sig is not None:
+                if len(self._bodies) >= _MAX_BODIES:
+                    self._bodies.clear()
+                self._bodies[sig] = body
+        rows, failure = body
+        if failure is not None:
+            return result, {"notes": (f"{UNTRACED}: {failure}",)}, rows
+        return result, None if rows else {"notes": (EMPTY_BODY,)}, rows
+
+    def _trace_body(
+        self, func: Any, key: DispatchKey, name: str, args: tuple, kwargs: dict
+    ) -> tuple[tuple[_Row, ...], str | None]:
+        """Run the body on meta tensors, every call in it on the device; its rows are indexed
+        from 1, the composite itself being 0."""
+        saved = (self._stack, self._counter, self._is_on_device, self._handler, self._pending)
+        saved_parents = self._parents
+        pending: list[_Row] = []
+        self._stack = [(0, name)]
+        self._counter = itertools.count(1)
+        self._parents = set()  # indices here are the body's own
+        self._is_on_device = _on_device
+        self._handler = None
+        self._pending = pending
+        failure = None
+        try:
+            with self:
+                func._op_dk(key, *args, **kwargs)
+        except Exception as err:  # what the body calls stays unknown: said on the call
+            failure = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            pending = []
+        finally:
+            self._stack, self._counter, self._is_on_device, self._handler, self._pending = saved
+            self._parents = saved_parents
+        return tuple(sorted(pending, key=lambda r: r[0])), failure
+
+    def _file_body(self, index: int, rows: tuple[_Row, ...]) -> None:
+        """File a body's rows under the call ``index``: fresh indices, the call's module and
+        source (the body runs where the call was made)."""
+        if not rows:
+            return
+        module, backward = self._tracker.where()
+        code, line = self._source()
+        fresh = {0: index}
+        for rel, name, parent, _, _, _, _, inputs, outputs, extra in rows:
+            fresh[rel] = new = next(self._counter)
+            row = (new, name, fresh[parent], module, backward, code, line, inputs, outputs, extra)
+            self._file_row(row)
 
     def _file(
         self,
@@ -451,9 +542,14 @@ class Recorder(TorchDispatchMode):
         extra: dict[str, Any] | None,
     ) -> None:
         # Calls are filed as they finish (a composite after its children); ``trace`` sorts.
+        if self._pending is not None:  # a body on meta: where it runs is the call's
+            self._pending.append((index, name, parent, "", False, None, 0, inputs, outputs, extra))
+            return
         module, backward = self._tracker.where()
         code, line = self._source()
-        row = (index, name, parent, module, backward, code, line, inputs, outputs, extra)
+        self._file_row((index, name, parent, module, backward, code, line, inputs, outputs, extra))
+
+    def _file_row(self, row: _Row) -> None:
         if self.sink is None:
             self._rows.append(row)
             return
@@ -481,9 +577,30 @@ class Recorder(TorchDispatchMode):
             yield results
         finally:
             self._stack.pop()
+            self._parents.discard(index)
         result = results[0] if results else None
         outputs = self._metas(result if isinstance(result, (list, tuple)) else (result,))[0]
         self._file(index, name, parent, inputs, outputs, None)
+
+
+_Body = tuple[tuple[_Row, ...], "str | None"]
+_MAX_BODIES = 4096  # signatures kept per kind of recorder (a few MB at most)
+_BODIES: dict[tuple[Any, bool], dict[tuple, _Body]] = {}
+
+
+def _bodies_for(decompose: bool | Collection[str], open_views: bool) -> dict[tuple, _Body]:
+    """What bodies on meta called, shared by every recorder that opens the same composites:
+    the plugin's probe per test, a benchmark's rounds. Only metadata decides a body on meta
+    (shadow.py), so a signature seen once is known for the rest of the process."""
+    key = (decompose if isinstance(decompose, (bool, frozenset)) else None, open_views)
+    if key[0] is None:  # another collection: not worth a shared entry
+        return {}
+    return _BODIES.setdefault(key, {})
+
+
+def _on_device(t: torch.Tensor) -> bool:
+    """Inside a body run on meta copies every tensor stands for one on the device."""
+    return True
 
 
 _DISPATCH_CODE = Recorder.__torch_dispatch__.__code__

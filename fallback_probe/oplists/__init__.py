@@ -354,55 +354,37 @@ def _dtypes(value: Any) -> tuple[str, ...] | str | None:
 def from_dispatcher(
     dispatch_key: str, explicit_fallbacks: Iterable[str] = (), label: str = ""
 ) -> OpList:
-    """Statuses for ``dispatch_key`` read from the installed torch's live dispatcher.
+    """Statuses for ``dispatch_key`` read from what the installed torch's dispatcher runs.
 
-    Predicts an out-of-tree backend (e.g. ``PrivateUse1``) with the same rules the shipped
-    lists use for MPS. The dispatcher order decides: a kernel for the key, else
-    CompositeExplicitAutograd(NonFunctional), else CompositeImplicitAutograd, else missing.
-    Structured delegates come from the installed torch's own native_functions.yaml: a
-    functional op with no kernel of its own takes its ``.out`` delegate's status, so it is
-    ``missing`` (reaching the fallback as the delegate) rather than composite_explicit.
+    Predicts an out-of-tree backend (e.g. ``PrivateUse1``), and checks the yaml rules the
+    shipped lists are built with: each op's status comes from the kernel the computed dispatch
+    table holds for the key (``_dispatcher.py``), never from the yaml's keys. Only what a
+    generated structured wrapper calls (its ``structured_delegate``) comes from the installed
+    torch's own native_functions.yaml.
     """
     import torch
 
+    from fallback_probe.oplists import _dispatcher
+
     has = torch._C._dispatch_has_kernel_for_dispatch_key
-    explicit = {normalize_op(op) for op in explicit_fallbacks}
     delegates, delegate_source = _installed_delegates()
     sparse = tuple(
         key for key in (f"Sparse{dispatch_key}", f"SparseCsr{dispatch_key}") if _is_key(key)
     )
     names = sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("aten::"))
-    own: dict[str, OpStatus | None] = {}
-    for name in names:
-        if name in explicit:
-            own[name] = OpStatus.EXPLICIT_FALLBACK
-        elif has(name, dispatch_key):
-            own[name] = OpStatus.NATIVE
-        elif name in delegates:
-            own[name] = None  # decided by the delegate below
-        elif has(name, "CompositeExplicitAutogradNonFunctional") or has(
-            name, "CompositeExplicitAutograd"
-        ):
-            own[name] = OpStatus.COMPOSITE_EXPLICIT
-        elif has(name, "CompositeImplicitAutograd"):
-            own[name] = OpStatus.COMPOSITE_IMPLICIT
-        else:
-            own[name] = OpStatus.MISSING
-    entries = {}
-    for name in names:
-        status = own[name]
-        if status is None:
-            reached = own.get(delegates[name])
-            runs = (OpStatus.NATIVE, OpStatus.EXPLICIT_FALLBACK)
-            status = reached if reached in runs else OpStatus.MISSING
-        entries[name] = OpEntry(
+    explicit = {normalize_op(op) for op in explicit_fallbacks}
+    statuses = _dispatcher.resolve(names, dispatch_key, delegates, explicit)
+    entries = {
+        name: OpEntry(
             op=name,
-            status=status,
+            status=statuses[name],
             delegate=delegates.get(name),
             sparse_keys=tuple(key for key in sparse if has(name, key)),
         )
+        for name in names
+    }
     provenance = {
-        "source": "live dispatcher",
+        "source": "live dispatcher (computed dispatch table)",
         "dispatch_key": dispatch_key,
         "torch": torch.__version__,
         "torch_git_version": str(getattr(torch.version, "git_version", "")),

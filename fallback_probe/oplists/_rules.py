@@ -6,8 +6,9 @@ Pure functions, no I/O. The rules mirror torchgen (``torchgen/model.py``,
 1. the reviewed per-release table (explicit_fallbacks.json) wins for the ops it lists;
 2. ``MPS`` among a ``dispatch:`` entry's comma-separated keys -> native;
 3. ``structured_delegate: X`` -> the status of X when X runs on the key (native or explicit
-   fallback), else missing; the delegate is recorded because a functional op without a kernel
-   reaches the fallback through a generated wrapper as X;
+   fallback) or X is itself composite-explicit (its body is then what runs: composite), else
+   missing; the delegate is recorded because a functional op without a kernel reaches the
+   fallback through a generated wrapper as X;
 4. ``CompositeImplicitAutograd`` among the keys, or no ``dispatch:`` at all -> composite_implicit
    (torchgen adds that key itself when ``dispatch:`` is absent; ``dispatch: {}`` adds nothing);
 5. ``CompositeExplicitAutograd`` / ``CompositeExplicitAutogradNonFunctional`` -> composite_explicit;
@@ -210,8 +211,11 @@ def _own_status(
     if keys is not None and key in keys:
         return OpStatus.NATIVE
     if entry.structured_delegate is not None:
+        # The op's generated wrapper (or its own composite kernel) calls X: what X's entry for
+        # the key runs is what the call reaches. A composite X runs its body on the device, so
+        # "missing, delegate X" would name a fallback that never happens (all.dims, 2.2+).
         status = delegate_status(entry.structured_delegate)
-        if status in (OpStatus.NATIVE, OpStatus.EXPLICIT_FALLBACK):
+        if status in (OpStatus.NATIVE, OpStatus.EXPLICIT_FALLBACK, OpStatus.COMPOSITE_EXPLICIT):
             return status
         return OpStatus.MISSING
     if keys is None or IMPLICIT in keys:
