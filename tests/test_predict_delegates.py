@@ -1,9 +1,10 @@
 """An explicit CPU-fallback registration on an ``.out`` op catches the functional call too.
 
-MPS registered ``sgn.out``, ``bitwise_*_shift.Tensor_out`` and ``linalg_vector_norm.out``
-straight to the CPU fallback in early releases. A script calls the functional op
-(``torch.sgn``); the backend sees its structured delegate, and PyTorch's warning names that:
-``aten::sgn.out``. Real calls, on the emulated ``mps`` device, judged by the shipped lists.
+MPS registered ``sgn.out`` and ``bitwise_*_shift.Tensor_out`` straight to the CPU fallback in
+early releases. A script calls the functional op (``torch.sgn``); the backend sees its
+structured delegate, and PyTorch's warning names that: ``aten::sgn.out``. An op registered
+itself (2.0's ``linalg_vector_norm``) is reached as itself. Real calls, on the emulated ``mps``
+device, judged by the shipped lists.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ def _right_shift() -> object:
 CASES = [
     ("2.0.1", _sgn, "aten::sgn", "aten::sgn.out"),
     ("2.1.2", _sgn, "aten::sgn", "aten::sgn.out"),
-    ("2.0.1", _vector_norm, "aten::linalg_vector_norm", "aten::linalg_vector_norm.out"),
     *(
         (release, fn, f"aten::{name}.Tensor", f"aten::{name}.Tensor_out")
         for release in ("2.0.1", "2.1.2", "2.2.2", "2.3.1", "2.4.1")
@@ -69,6 +69,14 @@ def test_functional_call_is_reported_as_the_registered_delegate(
     assert row.called_as == (called,)
     assert f"reaches the backend as {reached}" in row.reason
     assert "straight to the CPU fallback" in row.reason
+
+
+def test_an_op_registered_itself_is_reached_as_itself_not_as_its_delegate() -> None:
+    rows = _rows("2.0.1", _vector_norm)
+    assert "aten::linalg_vector_norm.out" not in rows
+    row = rows["aten::linalg_vector_norm"]
+    assert (row.verdict, row.called_as) == (Verdict.FALLBACK, ())
+    assert row.reason == "registered straight to the CPU fallback in 2.0.1"
 
 
 @pytest.mark.parametrize(
