@@ -42,9 +42,13 @@ class Probe:
         emulate: bool = True,
         device_type: str = "mps",
         fallback_env: str | None = None,
-        oplist: OpList | None = None,
+        oplist: OpList | str | os.PathLike[str] | None = None,
         emulation: Emulation | None = None,
     ) -> None:
+        if isinstance(oplist, (str, os.PathLike)):
+            from fallback_probe import oplists
+
+            oplist = oplists.load_file(oplist)
         self.requested_mode = mode
         self.torch_version = torch_version
         self.macos = macos

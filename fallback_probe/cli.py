@@ -23,7 +23,7 @@ from fallback_probe.records import Verdict
 from fallback_probe.render import Format, render
 from fallback_probe.report import Outcome, Report
 
-SUBCOMMANDS = ("ops", "oplists", "render", "diff")
+SUBCOMMANDS = ("ops", "oplists", "render", "diff", "selftest")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,7 +49,8 @@ def _run_parser() -> argparse.ArgumentParser:
         prog="fallback-probe",
         usage="fallback-probe TARGET [options] [-- script args...]",
         description="Which ops of a PyTorch model fall back from MPS to the CPU. "
-        "Other commands: fallback-probe ops | oplists build|verify | render | diff (each has --help).",
+        "Other commands: fallback-probe ops | oplists build|verify | render | diff | selftest "
+        "(each has --help).",
     )
     p.add_argument("target", help="script.py (run as __main__) or file.py:function")
     add_options(p.add_argument)
@@ -58,6 +59,11 @@ def _run_parser() -> argparse.ArgumentParser:
         dest="emulate",
         action="store_false",
         help="predict mode: judge every op as if on MPS instead of emulating an mps device",
+    )
+    p.add_argument(
+        "--oplist",
+        help="predict mode: judge against this operator-list file (e.g. written by "
+        "oplists build --from-dispatcher) instead of the shipped lists",
     )
     p.add_argument(
         "--torchvision-version",
@@ -161,6 +167,7 @@ def _probe_spec(args: argparse.Namespace) -> dict[str, object]:
         "emulate": args.emulate,
         "device_type": args.device_type,
         "fallback_env": args.fallback_env,
+        "oplist": args.oplist,
     }
 
 
@@ -172,6 +179,11 @@ def run_target(args: argparse.Namespace) -> int:
     from fallback_probe.verdicts import make_report
 
     target = Target.parse(args.target, tuple(args.args))
+    oplist = None
+    if args.oplist:
+        from fallback_probe import oplists
+
+        oplist = oplists.load_file(args.oplist)  # fails before the model runs
     if args.torch_version not in (None, "all"):
         from fallback_probe import oplists
 
@@ -223,7 +235,7 @@ def run_target(args: argparse.Namespace) -> int:
     def judging(release: str, done: int, total: int) -> None:
         progress.update(f"judging against torch {release} ({done}/{total} releases)", True)
 
-    report = make_report(col, args.torch_version, args.macos, on_release=judging)
+    report = make_report(col, args.torch_version, args.macos, oplist, on_release=judging)
     progress.clear()
     _emit(report, args)
     if code != ExitCode.OK:
@@ -298,7 +310,15 @@ def _dispatch(argv: list[str]) -> int:
             from fallback_probe.oplists.cli import ops_main
 
             return ops_main(rest)
+        if cmd == "selftest":
+            from fallback_probe.selftest_cli import selftest_main
+
+            return selftest_main(rest)
         if cmd == "oplists":
+            if rest[:1] == ["build"] and "--from-dispatcher" in rest:
+                from fallback_probe.oplists.dispatcher import from_dispatcher_main
+
+                return from_dispatcher_main(rest[1:])
             if rest[:1] not in (["build"], ["verify"]):
                 _oplists_parser().parse_args(rest)  # --help, or a one-line usage error
             from fallback_probe.oplists.cli import oplists_main

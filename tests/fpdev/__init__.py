@@ -72,6 +72,7 @@ STALE_LOCK_SECONDS = 600.0
 _lock = threading.Lock()
 _extension: types.ModuleType | None = None
 _hooks: object | None = None  # kept alive: the dispatcher holds on to the hooks object
+release_plan: object | None = None  # tests.fpdev.release.ReleasePlan when FPDEV_RELEASE is set
 
 
 def load_fpdev() -> types.ModuleType:
@@ -79,8 +80,11 @@ def load_fpdev() -> types.ModuleType:
 
     Idempotent within a process. Concurrent processes are serialised by cpp_extension's lock
     file in the build directory: one compiles, the others wait and then load the result.
+
+    With ``FPDEV_RELEASE`` set (``2.8.0`` or an operator-list path), the backend is fpdev as
+    that release: its kernels are registered here, before any op runs (tests/fpdev/release.py).
     """
-    global _extension, _hooks
+    global _extension, _hooks, release_plan
     with _lock:
         if _extension is not None:
             return _extension
@@ -102,6 +106,10 @@ def load_fpdev() -> types.ModuleType:
         torch._register_device_module(DEVICE, _device_module())
         _hooks = _make_hooks(torch)
         torch._C._acc.register_python_privateuseone_hook(_hooks)
+        if extension.release_at_load():
+            from tests.fpdev.release import configure
+
+            release_plan = configure(extension, extension.release_at_load())
         _extension = extension
         return extension
 
@@ -124,10 +132,10 @@ def run_in_subprocess(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``code`` with ``sys.executable -c`` from the repository root, ``tests.fpdev`` importable.
 
-    ``env`` is applied over this process's environment, from which ``FPDEV_ENABLE_FALLBACK`` is
-    removed first, so the child's fallback mode is exactly what the caller asked for.
+    ``env`` is applied over this process's environment, from which ``FPDEV_ENABLE_FALLBACK`` and
+    ``FPDEV_RELEASE`` are removed first, so the child's mode is exactly what the caller asked for.
     """
-    child_env = {key: value for key, value in os.environ.items() if key != ENV_VAR}
+    child_env = {k: v for k, v in os.environ.items() if k not in (ENV_VAR, "FPDEV_RELEASE")}
     child_env.update(env or {})
     child_env["PYTHONPATH"] = os.pathsep.join(
         [str(REPO_ROOT), *filter(None, [child_env.get("PYTHONPATH")])]
@@ -155,6 +163,8 @@ def _clear_stale_lock() -> None:
 
 def _device_module() -> types.ModuleType:
     """``torch.fpdev``: the calls torch makes on a PrivateUse1 backend's module."""
+    import torch
+
     module = types.ModuleType(f"torch.{DEVICE}")
     module.is_available = lambda: True  # type: ignore[attr-defined]
     module.is_initialized = lambda: True  # type: ignore[attr-defined]
@@ -165,6 +175,9 @@ def _device_module() -> types.ModuleType:
     # fpdev has no generator of its own: random ops fall back and use the CPU generator.
     module.manual_seed = lambda seed: None  # type: ignore[attr-defined]
     module.manual_seed_all = lambda seed: None  # type: ignore[attr-defined]
+    # fork_rng (used by torch.testing's random samples) saves and restores these.
+    module.get_rng_state = lambda device=None: torch.get_rng_state()  # type: ignore[attr-defined]
+    module.set_rng_state = lambda state, device=None: None  # type: ignore[attr-defined]
     return module
 
 

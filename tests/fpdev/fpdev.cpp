@@ -18,6 +18,13 @@
 #include <ATen/InferSize.h>
 #include <ATen/TensorUtils.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/record_function.h>
+#include <ATen/ops/convolution.h>
+#include <ATen/ops/convolution_backward.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/matmul.h>
+#include <ATen/ops/max_pool2d_with_indices.h>
+#include <ATen/ops/max_pool2d_with_indices_backward.h>
 #include <ATen/native/CPUFallback.h>
 #include <ATen/native/Resize.h>
 #include <ATen/ops/_local_scalar_dense.h>
@@ -37,12 +44,17 @@
 #include <torch/library.h>
 
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
 
 namespace fpdev {
 namespace {
@@ -56,6 +68,17 @@ const c10::Device kDevice(kType, 0);
 const char* env_at_load() {
   static const char* value = std::getenv("FPDEV_ENABLE_FALLBACK");
   return value;
+}
+
+// FPDEV_RELEASE names an operator list (a release such as 2.8.0, or a file): tests.fpdev then
+// registers that release's MPS kernels at runtime (configure below) instead of the fixed set.
+const char* release_at_load() {
+  static const char* value = std::getenv("FPDEV_RELEASE");
+  return value;
+}
+
+bool release_mode() {
+  return release_at_load() != nullptr && release_at_load()[0] != '\0';
 }
 
 // MPS uses std::stoi, which throws on a non-numeric value; strtol reads that as 0 instead.
@@ -418,6 +441,229 @@ void error_fallback(const c10::OperatorHandle& op, torch::jit::Stack* /*stack*/)
       "running natively on fpdev.");
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// fpdev as release V (FPDEV_RELEASE): kernels registered at runtime from names sent by Python.
+
+// An op with an MPS kernel in V: the CPU computation, run without a warning and out of the
+// profiler's sight. cpu_fallback does the argument moving; the guard hides its _to_cpu and
+// copy events, so the call looks like any native kernel (an aten::X event with no _to_cpu).
+// cpu_fallback sends results to the device of the *first* tensor argument, which can be a CPU
+// scalar (`1 - x` is rsub(x, tensor(1)) ... `where(c, 0.0, x)`); an MPS kernel returns MPS
+// tensors, so without a Device argument the results go to fpdev whenever an input is there.
+void native_kernel(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  at::DisableRecordFunctionGuard unseen;
+  const auto n_args = op.schema().arguments().size();
+  bool device_arg = false;
+  bool on_fpdev = false;
+  for (size_t i = stack->size() - n_args; i < stack->size(); ++i) {
+    const auto& arg = (*stack)[i];
+    if (arg.isDevice()) {
+      device_arg = true;
+    } else if (arg.isTensor()) {
+      on_fpdev |= arg.toTensor().defined() && arg.toTensor().device().type() == kType;
+    } else if (arg.isTensorList()) {
+      for (const auto& t : arg.toTensorVector()) {
+        on_fpdev |= t.defined() && t.device().type() == kType;
+      }
+    }
+  }
+  at::native::cpu_fallback(op, stack);
+  if (device_arg || !on_fpdev) {
+    return;
+  }
+  const auto n_returns = op.schema().returns().size();
+  for (size_t i = stack->size() - n_returns; i < stack->size(); ++i) {
+    auto& ret = (*stack)[i];
+    if (ret.isTensor() && ret.toTensor().defined() && ret.toTensor().is_cpu()) {
+      ret = ret.toTensor().to(kDevice);
+    } else if (ret.isTensorList()) {
+      auto tensors = ret.toTensorVector();
+      for (auto& t : tensors) {
+        if (t.defined() && t.is_cpu()) {
+          t = t.to(kDevice);
+        }
+      }
+      ret = c10::IValue(c10::List<at::Tensor>(tensors));
+    }
+  }
+}
+
+// A CPU tensor over the same bytes as an fpdev tensor (whole storage, same offset), so a view
+// computed on it maps back onto the fpdev storage.
+at::Tensor host_view(const at::Tensor& t) {
+  const c10::Storage& storage = t.storage();
+  c10::Storage cpu(c10::Storage::use_byte_size_t(), storage.nbytes(),
+                   c10::DataPtr(storage.mutable_data(), c10::Device(c10::kCPU)), nullptr, false);
+  auto out = at::empty({0}, t.options().device(c10::kCPU));
+  out.set_(cpu, t.storage_offset(), t.sizes(), t.strides());
+  return out;
+}
+
+// A native view op of V: the CPU op computes the view's geometry on a host view of the first
+// tensor argument; the result is an fpdev view of the same storage with that geometry.
+void view_kernel(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  at::DisableRecordFunctionGuard unseen;
+  const auto& schema = op.schema();
+  const auto n = schema.arguments().size();
+  const size_t first = stack->size() - n;
+  at::Tensor base;
+  for (size_t i = first; i < stack->size(); ++i) {
+    auto& arg = (*stack)[i];
+    if (arg.isTensor() && arg.toTensor().defined() && arg.toTensor().device().type() == kType) {
+      base = arg.toTensor();
+      arg = host_view(base);
+      break;
+    }
+  }
+  TORCH_CHECK(base.defined(), "fpdev view kernel of ", schema.operator_name(), ": no fpdev tensor argument");
+  TORCH_CHECK(schema.returns().size() == 1, "fpdev view kernel of ", schema.operator_name(), ": one result expected");
+  op.redispatchBoxed(c10::DispatchKeySet(c10::DispatchKey::CPU), stack);
+  const at::Tensor cpu = torch::jit::pop(*stack).toTensor();
+  auto impl = c10::make_intrusive<c10::TensorImpl>(c10::TensorImpl::VIEW, c10::Storage(base.storage()),
+                                                   base.key_set(), cpu.dtype());
+  at::Tensor out(std::move(impl));
+  at::native::setStrided(out, cpu.sizes(), cpu.strides(), cpu.storage_offset());
+  torch::jit::push(*stack, out);
+}
+
+// MPS's error kernel for _slow_conv2d_forward (MPSFallback.mm): reached only when the input
+// is on another device than the weight; it never computes.
+at::Tensor error_slow_conv2d_forward(const at::Tensor& self, const at::Tensor& weight, at::IntArrayRef /*kernel_size*/,
+                                     const std::optional<at::Tensor>& /*bias*/, at::IntArrayRef /*stride*/,
+                                     at::IntArrayRef /*padding*/) {
+  TORCH_CHECK(self.device() == weight.device(), "slow_conv2d_forward_mps: input(device='", self.device(),
+              "') and weight(device=", weight.device(), "')  must be on the same device");
+  TORCH_INTERNAL_ASSERT(false, "slow_conv2d_forward_mps should not be called for fpdev tensors");
+}
+
+at::Tensor adopt_or_undefined(const at::Tensor& cpu) {
+  return cpu.defined() ? adopt(cpu, {}) : cpu;
+}
+
+// Device routes (DEVICE_ROUTES in tests/fpdev/release.py): _convolution sends a PrivateUse1
+// input to convolution_overrideable where MPS reaches _mps_convolution(_transpose); these run
+// the CPU convolution natively, standing for the MPS kernels V has.
+at::Tensor route_convolution(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, bool transposed,
+                             at::IntArrayRef output_padding, int64_t groups) {
+  at::DisableRecordFunctionGuard unseen;
+  std::optional<at::Tensor> cpu_bias;
+  if (bias.has_value() && bias->defined()) {
+    cpu_bias = host(*bias);
+  }
+  return adopt(at::convolution(host(input), host(weight), cpu_bias, stride, padding, dilation, transposed,
+                               output_padding, groups),
+               {});
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> route_convolution_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, bool transposed, at::IntArrayRef output_padding, int64_t groups,
+    std::array<bool, 3> output_mask) {
+  at::DisableRecordFunctionGuard unseen;
+  const int64_t channels = transposed ? weight.size(1) * groups : weight.size(0);
+  const std::vector<int64_t> bias_sizes{channels};
+  auto [gi, gw, gb] = at::convolution_backward(host(grad_output), host(input), host(weight),
+                                               at::OptionalIntArrayRef(bias_sizes), stride, padding, dilation,
+                                               transposed, output_padding, groups, output_mask);
+  return {adopt_or_undefined(gi), adopt_or_undefined(gw), adopt_or_undefined(gb)};
+}
+
+// linear_backward has an MPS kernel and no CPU one (linear's derivative when linear itself has a
+// kernel, as on MPS): the same three gradients, computed on the host.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mps_only_linear_backward(const at::Tensor& self,
+                                                                        const at::Tensor& grad_output,
+                                                                        const at::Tensor& weight,
+                                                                        std::array<bool, 3> output_mask) {
+  at::DisableRecordFunctionGuard unseen;
+  const auto input = host(self);
+  const auto grad = host(grad_output);
+  const auto w = host(weight);
+  at::Tensor gi, gw, gb;
+  if (output_mask[0]) {
+    gi = at::matmul(grad, w);
+  }
+  const auto grad2d = grad.reshape({-1, grad.size(-1)});
+  if (output_mask[1]) {
+    gw = grad2d.t().matmul(input.reshape({-1, input.size(-1)}));
+  }
+  if (output_mask[2]) {
+    gb = grad2d.sum(0);
+  }
+  return {adopt_or_undefined(gi), adopt_or_undefined(gw), adopt_or_undefined(gb)};
+}
+
+// max_pool2d_backward: MPS kernel only (MPS has max_pool2d itself); the CPU computes it from
+// max_pool2d_with_indices.
+at::Tensor mps_only_max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& self,
+                                        at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                        at::IntArrayRef dilation, bool ceil_mode) {
+  at::DisableRecordFunctionGuard unseen;
+  const auto input = host(self);
+  const auto indices = std::get<1>(at::max_pool2d_with_indices(input, kernel_size, stride, padding, dilation, ceil_mode));
+  return adopt(at::max_pool2d_with_indices_backward(host(grad_output), input, kernel_size, stride, padding, dilation,
+                                                    ceil_mode, indices),
+               {});
+}
+
+std::vector<std::unique_ptr<torch::Library>>& libraries() {
+  static std::vector<std::unique_ptr<torch::Library>> libs;
+  return libs;
+}
+
+// The hand-written device basics: a native V registers these, not the generic kernel.
+bool register_basic(torch::Library& lib, const std::string& name) {
+  if (name == "empty.memory_format") lib.impl(name.c_str(), TORCH_FN(fp_empty_memory_format));
+  else if (name == "empty_strided") lib.impl(name.c_str(), TORCH_FN(fp_empty_strided));
+  else if (name == "_copy_from") lib.impl(name.c_str(), TORCH_FN(fp_copy_from));
+  else if (name == "_copy_from_and_resize") lib.impl(name.c_str(), TORCH_FN(fp_copy_from_and_resize));
+  else if (name == "resize_") lib.impl(name.c_str(), TORCH_FN(fp_resize_));
+  else if (name == "as_strided") lib.impl(name.c_str(), TORCH_FN(fp_as_strided));
+  else if (name == "_reshape_alias") lib.impl(name.c_str(), TORCH_FN(fp_reshape_alias));
+  else if (name == "view") lib.impl(name.c_str(), TORCH_FN(fp_view));
+  else if (name == "_local_scalar_dense") lib.impl(name.c_str(), TORCH_FN(fp_local_scalar_dense));
+  else return false;
+  return true;
+}
+
+// kinds: native, view, explicit (CPU fallback whatever the variable), error, route.
+// Returns how many names were registered. Only in release mode, and once per process.
+int64_t configure(const std::vector<std::pair<std::string, std::string>>& kernels) {
+  TORCH_CHECK(release_mode(), "fpdev.configure needs FPDEV_RELEASE set when the library loads");
+  TORCH_CHECK(libraries().empty(), "fpdev is already configured");
+  auto lib = std::make_unique<torch::Library>(torch::Library::IMPL, "aten",
+                                              std::make_optional(c10::DispatchKey::PrivateUse1), __FILE__, __LINE__);
+  int64_t count = 0;
+  for (const auto& [name, kind] : kernels) {
+    if (kind == "native") {
+      if (!register_basic(*lib, name)) {
+        lib->impl(name.c_str(), torch::CppFunction::makeFromBoxedFunction<&native_kernel>());
+      }
+    } else if (kind == "view") {
+      if (!register_basic(*lib, name)) {
+        lib->impl(name.c_str(), torch::CppFunction::makeFromBoxedFunction<&view_kernel>());
+      }
+    } else if (kind == "explicit") {
+      lib->impl(name.c_str(), torch::CppFunction::makeFromBoxedFunction<&cpu_fallback>());
+    } else if (kind == "error") {
+      TORCH_CHECK(name == "_slow_conv2d_forward", "fpdev knows no error kernel for ", name);
+      lib->impl(name.c_str(), TORCH_FN(error_slow_conv2d_forward));
+    } else if (kind == "route") {
+      if (name == "convolution_overrideable") lib->impl(name.c_str(), TORCH_FN(route_convolution));
+      else if (name == "convolution_backward_overrideable") lib->impl(name.c_str(), TORCH_FN(route_convolution_backward));
+      else if (name == "linear_backward") lib->impl(name.c_str(), TORCH_FN(mps_only_linear_backward));
+      else if (name == "max_pool2d_backward") lib->impl(name.c_str(), TORCH_FN(mps_only_max_pool2d_backward));
+      else TORCH_CHECK(false, "fpdev knows no device route for ", name);
+    } else {
+      TORCH_CHECK(false, "unknown fpdev kernel kind '", kind, "' for ", name);
+    }
+    ++count;
+  }
+  libraries().push_back(std::move(lib));
+  return count;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(_, PrivateUse1, m) {
@@ -428,8 +674,9 @@ TORCH_LIBRARY_IMPL(_, PrivateUse1, m) {
   }
 }
 
-// Native kernels (NATIVE_OPS).
+// Native kernels (NATIVE_OPS); in release mode, configure() registers V's kernels instead.
 TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
+  if (release_mode()) return;
   m.impl("empty.memory_format", fp_empty_memory_format);
   m.impl("empty_strided", fp_empty_strided);
   m.impl("_copy_from", fp_copy_from);
@@ -454,6 +701,7 @@ TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
 
 // Explicit CPU fallbacks (EXPLICIT_FALLBACK_OPS): they run on the CPU whatever the variable says.
 TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
+  if (release_mode()) return;
   m.impl("linalg_svd", torch::CppFunction::makeFromBoxedFunction<&cpu_fallback>());
   m.impl("linalg_svd.U", torch::CppFunction::makeFromBoxedFunction<&cpu_fallback>());
   m.impl("col2im", torch::CppFunction::makeFromBoxedFunction<&cpu_fallback>());
@@ -469,4 +717,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def(
       "env_at_load", [] { return fpdev::env_at_load() == nullptr ? std::string() : std::string(fpdev::env_at_load()); },
       "FPDEV_ENABLE_FALLBACK as read when the library was loaded ('' if unset).");
+  module.def(
+      "release_at_load",
+      [] { return fpdev::release_at_load() == nullptr ? std::string() : std::string(fpdev::release_at_load()); },
+      "FPDEV_RELEASE as read when the library was loaded ('' if unset: the fixed kernel set).");
+  module.def("configure", &fpdev::configure,
+             "Register release V's kernels: [(op name without aten::, kind)], kind in native, view, "
+             "explicit, error, route. Only with FPDEV_RELEASE set at load, once.");
 }
