@@ -24,6 +24,7 @@ from fallback_probe.collect.evidence import (
     fallback_op_from_warning,
     kernel_cpu_path_from_warning,
 )
+from fallback_probe.collect.scalars import call_op
 from fallback_probe.collect.tracer import Recorder
 from fallback_probe.records import OpCall
 
@@ -52,7 +53,7 @@ class LiveRecorder(Recorder):
         t0 = time.perf_counter()
         try:
             with torch.profiler.record_function(f"{_MARK}{index}"):
-                result = func(*args, **kwargs)
+                result = call_op(func, args, kwargs)
         except Exception as exc:
             kind = classify_error(exc, self.device_type)
             if kind is None:

@@ -24,6 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from fallback_probe.collect import shadow
 from fallback_probe.collect.modules import module_tracker
+from fallback_probe.collect.scalars import call_op
 from fallback_probe.records import EMPTY_BODY, TRANSPOSED, UNTRACED, OpCall, TensorMeta
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
@@ -567,7 +568,7 @@ class Recorder(TorchDispatchMode):
 
     def run(self, func, name: str, args: tuple, kwargs: dict) -> tuple[Any, dict[str, Any] | None]:
         """Run one op for real; live collectors override this to gather evidence."""
-        return func(*args, **kwargs), None
+        return call_op(func, args, kwargs), None
 
     # -- composite ops that decompose above the dispatch mode ---------------------------
     @contextmanager
