@@ -17,6 +17,7 @@ from fallback_probe.collect.mode import decide
 from fallback_probe.oplists import OpList
 from fallback_probe.records import Mode, OpCall, OpStatus
 from fallback_probe.report import Report
+from fallback_probe.tracebacks import hide_probe_frames
 from fallback_probe.verdicts import make_report
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ class Probe:
         macos: str | None = None,
         device: Literal["cpu", "meta"] = "cpu",
         emulate: bool = True,
+        stop_at_refusal: bool = False,
         device_type: str = "mps",
         fallback_env: str | None = None,
         oplist: OpList | str | os.PathLike[str] | None = None,
@@ -54,6 +56,7 @@ class Probe:
         self.macos = macos
         self.backing = device
         self.emulate = emulate
+        self.stop_at_refusal = stop_at_refusal
         self.device_type = device_type
         self.fallback_env = fallback_env or fallback_env_for(device_type)
         self.oplist = oplist
@@ -65,7 +68,7 @@ class Probe:
         self._stack: ExitStack | None = None
         self._recorder = None
         self._emulation: Emulation | None = None
-        self._seen_before = (0, 0)  # the active emulation's placeholders, rejections at entry
+        self._seen_before = (0, 0)  # the active emulation's placeholders, refusals at entry
         self.sink = None  # optional per-call callback (the CLI's child streams to a file)
 
     @property
@@ -128,17 +131,22 @@ class Probe:
         from fallback_probe.collect.intercept import directly_registered_composites, intercepting
         from fallback_probe.collect.tracer import Recorder
 
-        is_on_device = handler = None
+        is_on_device = handler = refused = None
         if self.active_emulation is not None:
             self._emulation = emu = self.active_emulation
-            self._seen_before = (len(emu.placeholders), len(emu.rejections))
+            self._seen_before = (len(emu.placeholders), len(emu.refusals))
+            emu.discard_pending()  # made between probes: no op of this one to mark
         elif self.emulate:
             from fallback_probe.collect.emulate import emulated_mps
 
-            self._emulation = stack.enter_context(emulated_mps(self.backing))
+            emulation = emulated_mps(
+                self.backing, stop_at_refusal=self.stop_at_refusal, macos=self.macos
+            )
+            self._emulation = stack.enter_context(emulation)
         if self._emulation is not None:
             is_on_device = self._emulation.is_emulated
             handler = self._emulation.dispatch
+            refused = self._emulation.take_refusal
         elif self.backing == "meta":
             self._col.limits.append("--device meta needs emulation; ran on the CPU instead.")
         lists = self._judged_lists()
@@ -146,6 +154,7 @@ class Probe:
             is_on_device=is_on_device,
             decompose=_composites_of(lists),
             handler=handler,
+            refused=refused,
             open_views=not _views_native(lists),
         )
         rec.sink = self.sink
@@ -179,6 +188,8 @@ class Probe:
             if exc_type is not None:
                 col.complete = False
                 col.error = _describe(exc_type, exc)
+                if exc is not None:
+                    hide_probe_frames(exc)
             self._add_notes(col)
             self.collection = col
         return False
@@ -196,8 +207,9 @@ class Probe:
         placeholders, rejections = self._seen_before  # only what this block added
         for op, where in emu.placeholders[placeholders:]:
             col.limits.append(f"{op} at {where} returned a placeholder (no data on meta).")
-        for message, where in emu.rejections[rejections:]:
-            col.limits.append(f"A Mac would refuse this at {where}: {message}")
+        for refusal in emu.refusals[rejections:]:
+            if not refusal.on_op:  # the others are unsupported verdicts, with this error
+                col.limits.append(f"A Mac would refuse this at {refusal.where}: {refusal.error}")
 
 
 @lru_cache(maxsize=8)

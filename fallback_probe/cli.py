@@ -66,6 +66,13 @@ def _run_parser() -> argparse.ArgumentParser:
         "oplists build --from-dispatcher) instead of the shipped lists",
     )
     p.add_argument(
+        "--stop-at-refusal",
+        action="store_true",
+        help="predict mode: stop at the first thing a Mac refuses (float64, mixed devices, "
+        ".numpy() of an mps tensor), raising its error as a Mac does, instead of listing "
+        "every refusal as unsupported and running on",
+    )
+    p.add_argument(
         "--torchvision-version",
         help="predict mode: judge torchvision:: ops against this torchvision release "
         "(default: the one paired with each judged torch release)",
@@ -165,6 +172,7 @@ def _probe_spec(args: argparse.Namespace) -> dict[str, object]:
         "macos": args.macos,
         "device": args.device,
         "emulate": args.emulate,
+        "stop_at_refusal": args.stop_at_refusal,
         "device_type": args.device_type,
         "fallback_env": args.fallback_env,
         "oplist": args.oplist,

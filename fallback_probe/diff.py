@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from tabulate import tabulate
-
 from fallback_probe.records import Verdict
 from fallback_probe.render import Format
+from fallback_probe.render.cells import cell, cell_list, table
 from fallback_probe.report import OpRow, Report, problem_ops
 
 
@@ -58,10 +57,6 @@ def diff_reports(old: Report, new: Report) -> Diff:
     return Diff(added, gone, tuple(notes))
 
 
-def _listed(items: tuple[str, ...]) -> str:
-    return ", ".join(f"`{i}`" for i in items)
-
-
 def render_diff(d: Diff, fmt: Format) -> str:
     if fmt is Format.JSON:
         return (
@@ -78,22 +73,21 @@ def render_diff(d: Diff, fmt: Format) -> str:
     if fmt is Format.MARKDOWN:
         out = ["# fallback-probe diff"]
         if d.notes:
-            out += ["", *(f"> {n}" for n in d.notes)]
+            out += ["", *(f"> {cell(n)}" for n in d.notes)]
         for title, items in (("New", d.new), ("Resolved", d.resolved)):
             out += ["", f"## {title} ({len(items)})", ""]
             if items:
-                table = [
+                body = [
                     [
-                        f"`{c.op}`",
-                        _listed(c.called_as),
+                        cell(c.op, code=True),
+                        cell_list(c.called_as),
                         c.verdict.value,
-                        _listed(c.modules),
-                        _listed(c.sources),
+                        cell_list(c.modules),
+                        cell_list(c.sources),
                     ]
                     for c in items
                 ]
-                headers = ["op", "called as", "verdict", "module", "source"]
-                out.append(tabulate(table, headers=headers, tablefmt="github"))
+                out.append(table(body, ["op", "called as", "verdict", "module", "source"]))
             else:
                 out.append("None.")
         return "\n".join(out) + "\n"

@@ -670,22 +670,21 @@ def summary_lines(out: Outcome, gate: Gate) -> list[tuple[str, dict[str, bool]]]
 
 def render_markdown(out: Outcome, gate: Gate) -> str:
     """The session report for $GITHUB_STEP_SUMMARY or a PR comment."""
-    from tabulate import tabulate
+    from fallback_probe.render.cells import cell, cell_list, fenced, table
 
-    def table(findings: list[Finding]) -> str:
+    def findings_table(findings: list[Finding]) -> str:
         rows = [
             [
-                f"`{f.nodeid}`",
-                f"`{f.op}`",
+                cell(f.nodeid, code=True),
+                cell(f.op, code=True),
                 f.verdict or "gone",
                 f.was or "",
-                ", ".join(f.modules),
-                ", ".join(f"`{s}`" for s in f.sources),
+                cell(", ".join(f.modules)),
+                cell_list(f.sources),
             ]
             for f in findings
         ]
-        headers = ["test", "op", "now", "baseline", "module", "source"]
-        return tabulate(rows, headers=headers, tablefmt="github")
+        return table(rows, ["test", "op", "now", "baseline", "module", "source"])
 
     status = "FAILED" if out.failed(gate.update) else "passed"
     what = describe_target(out.target) if out.target else "nothing probed"
@@ -694,13 +693,13 @@ def render_markdown(out: Outcome, gate: Gate) -> str:
         "",
         f"**Gate {status}**: {what}{f' ({out.reason})' if out.reason else ''}; "
         f"{out.probed} tests probed; "
-        f"baseline `{_show(gate.baseline_path, gate.config)}`.",
+        f"baseline {cell(_show(gate.baseline_path, gate.config), code=True, in_table=False)}.",
         "",
     ]
-    md += [f"> {n}" for n in out.notes]
+    md += [f"> {cell(n)}" for n in out.notes]
     if out.errors:
         md += ["", "## Probe errors", ""]
-        md += [f"- `{k}`: {v}" for k, v in out.errors.items()]
+        md += [f"- {cell(k, code=True, in_table=False)}: {cell(v)}" for k, v in out.errors.items()]
     sections = [
         ("New fallbacks or unsupported ops", out.new),
         ("Tests not in the baseline", [f for fs in out.new_tests.values() for f in fs]),
@@ -708,23 +707,22 @@ def render_markdown(out: Outcome, gate: Gate) -> str:
     ]
     for title, findings in sections:
         md += ["", f"## {title} ({len(findings)})", ""]
-        md.append(table(findings) if findings else "None.")
+        md.append(findings_table(findings) if findings else "None.")
     if out.new_tests:
-        md += ["", "New tests: " + ", ".join(f"`{n}`" for n in out.new_tests)]
+        md += ["", "New tests: " + cell_list(list(out.new_tests), in_table=False)]
     md += ["", f"## Every fallback and unsupported op of this run ({len(out.seen)})", ""]
     if out.seen:
         rows = [
-            [f"`{f.nodeid}`", f"`{f.op}`", f.verdict, status, ", ".join(f.modules)]
-            + [", ".join(f"`{s}`" for s in f.sources)]
+            [cell(f.nodeid, code=True), cell(f.op, code=True), f.verdict, status]
+            + [cell(", ".join(f.modules)), cell_list(f.sources)]
             for f, status in out.seen
         ]
-        headers = ["test", "op", "verdict", "status", "module", "source"]
-        md.append(tabulate(rows, headers=headers, tablefmt="github"))
+        md.append(table(rows, ["test", "op", "verdict", "status", "module", "source"]))
     else:
         md.append("None.")
     if out.improved and not gate.update:
         cmd = gate.tighten_command(f.nodeid for f in out.improved)
-        md += ["", "Tighten the baseline:", "", "```sh", cmd, "```"]
+        md += ["", "Tighten the baseline:", "", fenced(cmd, "sh")]
     if gate.written:
         md += ["", f"fallback-probe {gate.written}."]
     return "\n".join(md) + "\n"

@@ -274,7 +274,9 @@ def _shape_text(shapes: Iterable[tuple[int, ...]]) -> str:
 
 def build_rows(judgements: Sequence[Judgement]) -> tuple[tuple[OpRow, ...], tuple[NotJudged, ...]]:
     """Fold per-call judgements into one row per (op, verdict), costliest problems first."""
-    accs: dict[tuple[str, Verdict], _Acc] = {}
+    # One row per distinct error too: two refusals of one op (float64, .numpy()) are two
+    # blockers, each with the message a Mac prints.
+    accs: dict[tuple[str, Verdict, str | None], _Acc] = {}
     skipped: dict[tuple[str, str, bool], int] = {}
     shape_texts: dict[tuple[tuple[int, ...], ...], str] = {}  # the same shapes recur
     for j in judgements:
@@ -282,10 +284,11 @@ def build_rows(judgements: Sequence[Judgement]) -> tuple[tuple[OpRow, ...], tupl
             key = (j.op, j.reason, j.call.touches_device)
             skipped[key] = skipped.get(key, 0) + 1
             continue
-        acc = accs.get((j.op, j.verdict))
-        if acc is None:
-            acc = accs[(j.op, j.verdict)] = _Acc(j.reason)
         c = j.call
+        key = (j.op, j.verdict, c.error)
+        acc = accs.get(key)
+        if acc is None:
+            acc = accs[key] = _Acc(j.reason)
         acc.calls += 1
         if c.module or not acc.modules:
             where = (c.module or "(top level)") + (" (backward)" if c.backward else "")
@@ -311,7 +314,7 @@ def build_rows(judgements: Sequence[Judgement]) -> tuple[tuple[OpRow, ...], tupl
         if c.error and acc.error is None:
             acc.error = c.error
     rows = []
-    for (op, verdict), a in accs.items():
+    for (op, verdict, _), a in accs.items():
         shapes = list(a.shapes)
         if len(shapes) > _MAX_SHAPES:
             shapes = [*shapes[:_MAX_SHAPES], f"+{len(shapes) - _MAX_SHAPES} more"]

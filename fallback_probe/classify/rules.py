@@ -43,11 +43,18 @@ def dtype_verdict(call: OpCall, macos: str) -> tuple[Verdict, str] | None:
     return _dtype_verdict(call, _version_tuple(macos) < (14,))
 
 
-def _dtype_verdict(call: OpCall, old_macos: bool) -> tuple[Verdict, str] | None:
+def _dtype_verdict(
+    call: OpCall, old_macos: bool, inside: bool = False
+) -> tuple[Verdict, str] | None:
+    """``inside``: the call runs in a composite's body. A body traced off the device takes
+    torch's non-MPS branch where it checks the device, and those branches make float64 helper
+    tensors that the MPS branch makes in float32 (``get_atol_rtol`` for ``linalg.pinv``,
+    ``matrix_rank``): there float64 says nothing about the Mac. What the script put on the
+    device is refused at the composite itself, which is judged before its body."""
     for t in (*call.inputs, *call.outputs):
         if not t.on_device:
             continue
-        if t.dtype in NO_FLOAT64:
+        if t.dtype in NO_FLOAT64 and not inside:
             return Verdict.UNSUPPORTED, f"MPS has no {t.dtype}"
         if old_macos and t.dtype in NEEDS_MACOS_14:
             return Verdict.UNSUPPORTED, f"{t.dtype} on MPS needs macOS 14 or newer"
@@ -108,7 +115,8 @@ class _Prepared:
                 self.children.setdefault(call.parent, []).append(call)
         old_macos = _version_tuple(macos) < (14,)
         self.facts: dict[int, tuple[bool, tuple[Verdict, str] | None]] = {
-            c.index: (c.touches_device, _dtype_verdict(c, old_macos)) for c in trace
+            c.index: (c.touches_device, _dtype_verdict(c, old_macos, c.parent is not None))
+            for c in trace
         }
 
 
@@ -151,6 +159,8 @@ def _judge_one(
     touches_device, by_dtype = facts
     if not touches_device:
         return None if has_children else Judgement(call, op, None, "ran on the CPU by the script")
+    if call.error is not None:  # the emulated device saw a Mac refuse it (dtype, devices)
+        return Judgement(call, op, Verdict.UNSUPPORTED, f"a Mac raises {call.error}")
     if op in SYNC_OPS:
         return Judgement(call, op, Verdict.NATIVE, "a sync (.item()), not a fallback")
     if by_dtype is not None:

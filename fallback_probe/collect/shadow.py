@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
+from fallback_probe.collect.scalars import call_op
+
 _META = torch.device("meta")
 # A leaf op with no meta kernel runs on zeros of its shapes, on the CPU, up to this many
 # input bytes (the emulation's own limit for placeholders); beyond it the body is not traced.
@@ -91,7 +93,7 @@ def run_leaf(func: Any, args: tuple, kwargs: dict) -> Any:
     """Run one op of a body on meta; without a meta kernel, on zeros on the CPU (random number
     state kept), results brought back to meta."""
     try:
-        return func(*args, **kwargs)
+        return call_op(func, args, kwargs)
     except (NotImplementedError, RuntimeError) as err:
         first = err
     tensors = [x for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]

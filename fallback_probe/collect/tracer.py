@@ -24,6 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from fallback_probe.collect import shadow
 from fallback_probe.collect.modules import module_tracker
+from fallback_probe.collect.scalars import call_op
 from fallback_probe.records import EMPTY_BODY, TRANSPOSED, UNTRACED, OpCall, TensorMeta
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
@@ -185,6 +186,8 @@ class Recorder(TorchDispatchMode):
 
     ``handler`` is the emulated device's ``__torch_dispatch__``: an op on its tensors is handed
     to it directly instead of going back through the dispatcher (one Python layer per op).
+    ``refused`` then says whether a Mac would have raised on that op (the error is filed on
+    its record, and the classifier judges it unsupported).
     ``open_views=False`` judges composite view ops (``t``, ``transpose``, ``expand``) whole:
     their bodies only reach other views and ``as_strided``, so when those are native in every
     judged release, opening them would cost two dispatch levels and tell nothing.
@@ -196,6 +199,7 @@ class Recorder(TorchDispatchMode):
         is_on_device: Callable[[torch.Tensor], bool] | None = None,
         decompose: bool | Collection[str] = False,
         handler: Callable[..., Any] | None = None,
+        refused: Callable[[], str | None] | None = None,
         open_views: bool = True,
     ) -> None:
         super().__init__()
@@ -204,6 +208,7 @@ class Recorder(TorchDispatchMode):
         self._is_on_device = is_on_device
         self._decompose = decompose
         self._handler = handler
+        self._refused = refused  # the error a Mac prints for the op just handled, if any
         self._stack: list[tuple[int, str]] = []  # open composite calls: (index, op)
         self._tracker = module_tracker()
         self._internal_code: dict[int, tuple[CodeType, bool]] = {}
@@ -451,6 +456,10 @@ class Recorder(TorchDispatchMode):
             result = shadow.run_leaf(func, args, kwargs)
         else:
             result, extra = self.run(func, name, args, kwargs)
+        if on_device and self._refused is not None:
+            error = self._refused()  # a Mac raises here: filed on this call
+            if error is not None:
+                extra = {**(extra or {}), "error": error}
         if wanted and not (opened and (on_device or _plain(args))):
             # A composite in a judged release whose body this torch cannot show (it has a
             # kernel of its own here, or the call is on another tensor subclass).
@@ -559,7 +568,7 @@ class Recorder(TorchDispatchMode):
 
     def run(self, func, name: str, args: tuple, kwargs: dict) -> tuple[Any, dict[str, Any] | None]:
         """Run one op for real; live collectors override this to gather evidence."""
-        return func(*args, **kwargs), None
+        return call_op(func, args, kwargs), None
 
     # -- composite ops that decompose above the dispatch mode ---------------------------
     @contextmanager

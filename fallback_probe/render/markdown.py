@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from tabulate import tabulate
-
 from fallback_probe.limits import split_limits
 from fallback_probe.records import Mode, Verdict
+from fallback_probe.render.cells import cell, cell_list, table
 from fallback_probe.report import OpRow, Report
 
 NAMING = (
@@ -28,14 +27,7 @@ def _human_bytes(n: int) -> str:
 
 
 def _short(items: tuple[str, ...]) -> str:
-    if not items:
-        return ""
-    text = ", ".join(f"`{i}`" for i in items[:_MAX_LIST])
-    return text + (f" +{len(items) - _MAX_LIST}" if len(items) > _MAX_LIST else "")
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return cell_list(items, _MAX_LIST)
 
 
 def headline(report: Report) -> str:
@@ -61,22 +53,22 @@ def _problem_table(rows: list[OpRow], live: bool) -> str:
     for r in rows:
         why = r.error or r.reason
         line = [
-            f"`{r.op}`",
+            cell(r.op, code=True),
             _short(r.called_as),
             r.verdict.value,
             r.calls,
             _short(r.modules),
             _short(r.sources),
-            ", ".join(r.dtypes),
-            _cell(", ".join(r.shapes)),
+            cell(", ".join(r.dtypes)),
+            cell(", ".join(r.shapes)),
             _human_bytes(r.bytes_to_cpu) if r.verdict is Verdict.FALLBACK else "",
             _human_bytes(r.bytes_from_cpu) if r.verdict is Verdict.FALLBACK else "",
         ]
         if live:
             line.append(f"{r.seconds * 1000:.2f} ms" if r.seconds is not None else "")
-        line.append(_cell(why))
+        line.append(cell(why))
         body.append(line)
-    return tabulate(body, headers=headers, tablefmt="github")
+    return table(body, headers)
 
 
 def _limits_section(report: Report, has_problems: bool) -> list[str]:
@@ -87,14 +79,18 @@ def _limits_section(report: Report, has_problems: bool) -> list[str]:
     if not (shown or folded or report.not_judged):
         return []
     out = ["", "## What this report could not see", ""]
-    out += [f"- {_cell(lim)}" for lim in shown]
+    out += [f"- {cell(lim)}" for lim in shown]
     for n in report.not_judged:
         if n.on_device:
-            out.append(f"- `{n.op}` ({n.calls} calls): not judged — {_cell(n.reason)}")
+            op = cell(n.op, code=True, in_table=False)
+            out.append(f"- {op} ({n.calls} calls): not judged — {cell(n.reason)}")
     if folded or on_cpu:
         out += ["", f"<details><summary>More limits ({len(folded) + len(on_cpu)})</summary>", ""]
-        out += [f"- {_cell(lim)}" for lim in folded]
-        out += [f"- `{n.op}` ({n.calls} calls): {_cell(n.reason)}" for n in on_cpu]
+        out += [f"- {cell(lim)}" for lim in folded]
+        out += [
+            f"- {cell(n.op, code=True, in_table=False)} ({n.calls} calls): {cell(n.reason)}"
+            for n in on_cpu
+        ]
         out += ["", "How each verdict is made: docs/verdicts.md in fallback-probe.", "</details>"]
     return out
 
@@ -107,11 +103,12 @@ def render(report: Report) -> str:
     )
     out.append(
         f"Mode: {report.mode.value} ({how}; {report.mode_reason}). "
-        f"Target: torch {t.torch}, macOS {t.macos}, device `{t.device}`. "
+        f"Target: torch {t.torch}, macOS {t.macos}, "
+        f"device {cell(t.device, code=True, in_table=False)}. "
         f"Ran with torch {h.torch} on {h.platform}, Python {h.python}."
     )
     if report.error:
-        out += ["", f"> **The run did not finish:** {_cell(report.error)}"]
+        out += ["", f"> **The run did not finish:** {cell(report.error)}"]
     problems = report.rows(Verdict.UNSUPPORTED, Verdict.FALLBACK)
     out += ["", "## Fallbacks and unsupported ops", ""]
     if problems:
@@ -122,12 +119,11 @@ def render(report: Report) -> str:
         m = report.matrix
         out += ["", "## Across releases", ""]
         if m.ops:
-            table = [
-                [f"`{op}`", _short(m.called_as.get(op, ())), *(cells[r] for r in m.releases)]
-                for op, cells in m.ops.items()
+            body = [
+                [cell(op, code=True), _short(m.called_as.get(op, ())), *(v[r] for r in m.releases)]
+                for op, v in m.ops.items()
             ]
-            headers = ["op", "called as", *m.releases]
-            out.append(tabulate(table, headers=headers, tablefmt="github"))
+            out.append(table(body, ["op", "called as", *m.releases]))
         else:
             out.append("No fallback or unsupported op in any listed release.")
         out.append("")
@@ -141,12 +137,17 @@ def render(report: Report) -> str:
     natives = report.rows(Verdict.NATIVE)
     out += ["", f"<details><summary>Native ops ({len(natives)})</summary>", ""]
     if natives:
-        table = [
-            [f"`{r.op}`", _short(r.called_as), r.calls, _short(r.modules), ", ".join(r.dtypes)]
+        body = [
+            [
+                cell(r.op, code=True),
+                _short(r.called_as),
+                r.calls,
+                _short(r.modules),
+                cell(", ".join(r.dtypes)),
+            ]
             for r in natives
         ]
-        headers = ["op", "called as", "calls", "module", "dtypes"]
-        out.append(tabulate(table, headers=headers, tablefmt="github"))
+        out.append(table(body, ["op", "called as", "calls", "module", "dtypes"]))
     out += ["", "</details>"]
     if any(r.called_as for r in report.ops) or (report.matrix and report.matrix.called_as):
         out += ["", NAMING]

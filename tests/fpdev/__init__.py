@@ -45,6 +45,7 @@ NATIVE_OPS: tuple[str, ...] = (
     "aten::addmm",
     "aten::fill_.Scalar",
     "aten::zero_",
+    "aten::nonzero",  # warns and runs on the CPU itself, like MPS's before macOS 13.0
 )
 
 # Ops registered straight to the CPU fallback, so they fall back even with ENV_VAR unset, as

@@ -412,6 +412,15 @@ at::Tensor& fp_zero_(at::Tensor& self) {
   return self;
 }
 
+// A kernel that sends its input to the CPU itself and warns, without the backend fallback: MPS's
+// nonzero before macOS 13.0 (Indexing.mm nonzero_fallback). No at::_to_cpu: the round trip is
+// .to("cpu") and back, as there. For the live notes (tests/test_live_notes.py; render helper).
+at::Tensor fp_nonzero(const at::Tensor& self) {
+  TORCH_WARN_ONCE("fpdev: nonzero op is supported natively starting from macOS 13.0. ",
+                  "Falling back on CPU. This may have performance implications.");
+  return at::nonzero(self.to("cpu")).to(self.device());
+}
+
 // ---------------------------------------------------------------------------------------------
 // The two boxed fallbacks, shaped like mps_fallback / mps_error_fallback.
 
@@ -687,6 +696,7 @@ TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
   m.impl("addmm", fp_addmm);
   m.impl("fill_.Scalar", fp_fill_);
   m.impl("zero_", fp_zero_);
+  m.impl("nonzero", fp_nonzero);
 }
 
 // Explicit CPU fallbacks (EXPLICIT_FALLBACK_OPS): they run on the CPU whatever the variable says.

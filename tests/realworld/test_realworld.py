@@ -117,9 +117,6 @@ SDPA_ROUTE = _xfail(
     "issue 11.1: scaled_dot_product_attention's math route judged without its body "
     "(forward in 2.0-2.4, a documented limit; backward in every release)"
 )
-SCALAR_BODY = _xfail(
-    "issue 11.1: bitwise_and.Scalar with a Python scalar not judged (its body fails on meta)"
-)
 REFUSAL_FILED_LATE = _xfail("issue 11.3: a refusal is filed on the next device op, not its own")
 # (case, release) pairs whose attention goes through SDPA's math route.
 SDPA_CALLS = {
@@ -195,10 +192,7 @@ def test_report_is_complete_and_judges_known_ops(case: str, release: str, run: R
         assert seen == {by_release[release]}, f"{family} in {release}: {seen}"
 
 
-@pytest.mark.parametrize(
-    ("case", "release"),
-    _case_releases(lambda c, r: [SCALAR_BODY] if c == "t5_beam_search" else []),
-)
+@pytest.mark.parametrize(("case", "release"), _case_releases())
 def test_not_judged_is_for_a_true_reason(case: str, release: str, run: Run) -> None:
     _finished(run)
     report = run.releases[release]

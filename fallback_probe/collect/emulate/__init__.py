@@ -20,7 +20,8 @@ Where each piece lives:
 - ``modules``: parameter moves (``nn.Module._apply``, ``p.data = ...``).
 - ``serialization``: ``torch.save`` / ``torch.load`` with the ``mps`` location tag.
 - ``device_api``: ``torch.backends.mps``, ``torch.mps``, ``torch.accelerator``,
-  ``torch.compile``.
+  ``torch.get_device_module``, pinned memory, ``torch.compile``; ``streams``:
+  ``torch.Event`` / ``Stream`` / ``Generator`` on mps; ``autocast``: MPS's autocast policy.
 - ``meta``: the meta backing (``--device meta``).
 - ``common``: the device, the active emulation, patch-and-restore.
 """

@@ -25,7 +25,9 @@ def _alias_plan(func: Any) -> Any:
     schema = func._schema
     specs: list[tuple[int, str, bool] | None] = []
     mutable = False
-    may_resize = schema.name.split("::")[-1] in _RESIZING
+    # In-place view ops (unsqueeze_, transpose_, as_strided_, ... inside stft and others)
+    # change the backing's sizes and strides like a resize does.
+    may_resize = schema.name.split("::")[-1] in _RESIZING or torch.Tag.inplace_view in func.tags
     for ret in schema.returns:
         info = ret.alias_info
         spec = None

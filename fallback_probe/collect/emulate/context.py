@@ -41,17 +41,22 @@ def _restore_default_device(previous: Any, previous_current: torch.device | None
 
 
 @contextlib.contextmanager
-def emulated_mps(backing: Backing = "cpu") -> Iterator[Emulation]:
+def emulated_mps(
+    backing: Backing = "cpu", *, stop_at_refusal: bool = False, macos: str | None = None
+) -> Iterator[Emulation]:
     """Run the body as if on a Mac with an ``mps`` device backed by ``backing`` memory.
 
-    Everything it changes is undone on exit, also when the body raises, so the probe can run
-    many times in one process. Not re-entrant and not thread-safe (the patches are global).
+    What a Mac refuses (float64, mixed devices, ``.numpy()``; bfloat16 and complex64 below
+    ``macos`` 14) is listed in ``refusals`` and the body goes on, unless ``stop_at_refusal``:
+    then the first one raises, as on a Mac. Everything it changes is undone on exit, also when
+    the body raises, so the probe can run many times in one process. Not re-entrant and not
+    thread-safe (the patches are global).
     """
     if backing not in ("cpu", "meta"):
         raise ValueError(f"backing must be 'cpu' or 'meta', not {backing!r}")
     if common.ACTIVE is not None:
         raise RuntimeError("emulated_mps() is already active; it cannot be nested")
-    emu = Emulation(backing)
+    emu = Emulation(backing, stop_at_refusal=stop_at_refusal, macos=macos)
     import torch.utils.checkpoint as checkpoint
 
     with contextlib.ExitStack() as stack:
@@ -90,7 +95,7 @@ def emulated_mps(backing: Backing = "cpu") -> Iterator[Emulation]:
         for owner in (torch, torch.serialization):
             _patch(stack, owner, "save", save)
             _patch(stack, owner, "load", load)
-        _patch_device_api(stack, emu)
+        _patch_device_api(stack, emu, macos)
 
         if emu._meta:
             mode = _MetaInitMode()

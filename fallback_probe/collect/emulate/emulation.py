@@ -20,29 +20,38 @@ from .meta import (
     _meta_nbytes,
     _tree_to_meta,
 )
-from .refusals import _UNSUPPORTED_DTYPES, _user_location
+from .refusals import Refusal, _user_location, refused_dtypes
 from .tensor import _MPSTensorBase
+
+_MAX_PENDING = 4  # refusals one op can make: mixed devices, then a refused dtype
 
 
 class Emulation:
-    """State of one :func:`emulated_mps` run: what it made up and what it rejected."""
+    """State of one :func:`emulated_mps` run: what it made up and what a Mac would refuse."""
 
     backing: Backing
     placeholders: list[tuple[str, str]]
-    rejections: list[tuple[str, str]]
+    refusals: list[Refusal]
 
-    def __init__(self, backing: Backing) -> None:
+    def __init__(
+        self, backing: Backing, *, stop_at_refusal: bool = False, macos: str | None = None
+    ) -> None:
         self.backing = backing
+        self.stop_at_refusal = stop_at_refusal
         self.placeholders = []
-        self.rejections = []
+        self.refusals = []
         self._meta = backing == "meta"
         self._backing_device = torch.device(backing)
+        self._refused_dtypes = refused_dtypes(macos)
+        self._pending: list[Refusal] = []  # refused by the op being dispatched, first first
+        self._refusal_seen: dict[tuple[str, str], Refusal] = {}
         self._force_plain = 0  # >0 while a deliberate move off the device is dispatched
         self._mixed_calls = 0  # >0 while a torch call that mixes devices is running
         self._placeholder_seen: set[tuple[str, str]] = set()
         self._saving_keys: set[int] = set()
         self._loaded_keys: set[int] = set()
         self._memory_fraction = 0.0
+        self._autocast: torch.dtype | None = None  # dtype of the torch.autocast("mps") in force
         self._cls: type[_MPSTensorBase] = type(
             "MPSTensor",
             (_MPSTensorBase,),
@@ -66,13 +75,45 @@ class Emulation:
 
     # -- recording ------------------------------------------------------------------------
 
-    def _reject(self, exc: Exception) -> Exception:
-        """Record an error a Mac would raise, with the user's file:line, and return it."""
+    @property
+    def rejections(self) -> list[tuple[str, str]]:
+        """(message, "file:line") of each refusal, as earlier versions listed them."""
+        return [(r.message, r.where) for r in self.refusals]
+
+    def take_refusal(self) -> str | None:
+        """The error a Mac prints for the op just dispatched, if it refuses it (once).
+
+        The recorder calls this after each op it hands to :attr:`dispatch` and files the error
+        on that op's record, which the classifier then judges unsupported. A Mac raises the
+        first refusal of an op; any later one of the same op follows from it.
+        """
+        pending = self._pending
+        if not pending:
+            return None
+        self._pending = []
+        for refusal in pending:  # later ones follow from the first (float64 out of a mixed add)
+            refusal.on_op = True
+        return pending[0].error
+
+    def discard_pending(self) -> None:
+        """Forget refusals no recorder took (made outside a probe of a shared emulation)."""
+        self._pending.clear()
+
+    def _refuse(self, exc_type: type[Exception], message: str, kind: str) -> None:
+        """A Mac raises here. Stop like a Mac if asked to; otherwise list it and go on."""
         where = _user_location()
-        self.rejections.append((str(exc), where))
-        if where:
-            exc.add_note(f"(fallback-probe emulated MPS: raised at {where})")
-        return exc
+        error = f"{exc_type.__name__}: {message}"
+        refusal = self._refusal_seen.get((error, where))
+        if refusal is None:
+            refusal = self._refusal_seen[(error, where)] = Refusal(kind, error, where)
+            self.refusals.append(refusal)
+        if self.stop_at_refusal:
+            exc = exc_type(message)
+            if where:
+                exc.add_note(f"(fallback-probe emulated MPS: raised at {where})")
+            raise exc
+        if len(self._pending) < _MAX_PENDING:  # bounded when no recorder takes them
+            self._pending.append(refusal)
 
     def _placeholder(self, op: str) -> None:
         entry = (op, _user_location())
@@ -81,15 +122,15 @@ class Emulation:
             self.placeholders.append(entry)
 
     def _check_dtype(self, dtype: torch.dtype) -> None:
-        message = _UNSUPPORTED_DTYPES.get(dtype)
-        if message is not None:
-            raise self._reject(TypeError(message))
+        refused = self._refused_dtypes.get(dtype)
+        if refused is not None:
+            self._refuse(*refused, "dtype")
 
     # -- wrapping ---------------------------------------------------------------------------
 
     def _wrap(self, e: torch.Tensor) -> torch.Tensor:
-        """Make ``e`` (a backing tensor) an mps tensor; the one place float64 is refused."""
-        if e.dtype in _UNSUPPORTED_DTYPES:
+        """Make ``e`` (a backing tensor) an mps tensor; the one place a dtype is refused."""
+        if e.dtype in self._refused_dtypes:
             self._check_dtype(e.dtype)
         if e.requires_grad:
             e = e.detach()
@@ -180,8 +221,8 @@ class Emulation:
         memory_format: torch.memory_format | None,
     ) -> torch.Tensor:
         # One aten::_to_copy, the op a Mac's dispatcher sees for a transfer (its body makes the
-        # destination through the factory kernels and copies into it).
-        self._check_dtype(t.dtype if dtype is None else dtype)
+        # destination through the factory kernels and copies into it); wrapping its result
+        # refuses the dtypes MPS has not.
         with torch.no_grad():
             return torch.ops.aten._to_copy.default(
                 t,

@@ -58,6 +58,34 @@ def _call_off_device(
     return call(True)
 
 
+def _retry_on_device(
+    cls: type[_MPSTensorBase],
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    message: str,
+) -> Any:
+    """A C++ check refused a call mixing devices: list it, then run it as the script would
+    once fixed, with its CPU tensors moved to mps (the moves are recorded before the refusal,
+    so the error lands on the call's own first op)."""
+    emu = cls._emu
+    if emu.stop_at_refusal:
+        try:
+            emu._refuse(RuntimeError, message, "mixed devices")
+        except RuntimeError as exc:
+            raise exc from None
+
+    def onto_device(t: torch.Tensor) -> torch.Tensor:
+        if type(t) is cls or not t.dim():
+            return t
+        return emu._to(t, (), {"device": "mps"})
+
+    args, kwargs = pytree.tree_map_only(_Tensor, onto_device, (args, kwargs))
+    emu._refuse(RuntimeError, message, "mixed devices")
+    with _NoSubclassTF():
+        return func(*args, **kwargs)
+
+
 # ATen ops that accept a CPU tensor next to a device tensor: copies across devices, and
 # advanced indexing (indices may stay on the CPU); lengths of packed sequences and CTC live
 # on the CPU by contract.

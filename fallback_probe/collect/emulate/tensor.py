@@ -10,6 +10,7 @@ tensors that must *not* trip the check); the ATen ops such a call reaches then d
 from __future__ import annotations
 
 import copy
+import sys
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -18,15 +19,26 @@ import torch
 from torch.utils._python_dispatch import _disable_current_modes
 
 from .aliasing import _MISSING, _PLANS, _SELF, _alias_plan, _apply_plan
+from .autocast import autocast_call
 from .common import _CPU, MPS_DEVICE, _is_mps, _make_wrapper, _NoSubclassTF, _Tensor
-from .mixing import _MIXED_OPS, _call_off_device, _kwargs_mix, _seq_mixes
+from .mixing import _MIXED_OPS, _call_off_device, _kwargs_mix, _retry_on_device, _seq_mixes
 from .modules import _compatible_shallow_copy_type
-from .refusals import _UNSUPPORTED_DTYPES, MIXED_DEVICE_MESSAGE, NUMPY_MESSAGE
+from .refusals import (
+    _ALWAYS_REFUSED,
+    MIXED_DEVICE_MESSAGE,
+    NUMPY_MESSAGE,
+    TENSOR_SPLIT_MESSAGE,
+)
 
 if TYPE_CHECKING:
     from .emulation import Emulation
 
 _OpOverload = torch._ops.OpOverload
+_ARTIFACTS = frozenset(_ALWAYS_REFUSED)  # dtypes a CPU-route composite may make on its own
+_NARROWER = {torch.float64: torch.float32, torch.complex128: torch.complex64}
+_aten_to_copy = torch.ops.aten._to_copy
+_BIT_VIEWS = frozenset({torch.ops.aten._conj.default, torch.ops.aten._neg_view.default})
+_ASKING_NAMES = frozenset({"double", "cdouble", "float_power", "float_power_"})
 
 
 class _MPSTensorBase(torch.Tensor):
@@ -69,7 +81,11 @@ class _MPSTensorBase(torch.Tensor):
     def numpy(self, *, force: bool = False) -> Any:  # type: ignore[override]
         if force:
             return self.detach().cpu().numpy()
-        raise self._emu._reject(TypeError(NUMPY_MESSAGE))
+        # A Mac raises. Listed instead: the copy to the CPU that ``.numpy()`` stands for is
+        # the op marked with the error, and the script gets the values it asked for.
+        emu = self._emu
+        emu._refuse(TypeError, NUMPY_MESSAGE, "numpy")
+        return emu._raw_to_plain(self, _CPU, None, None).numpy()
 
     def tolist(self) -> Any:  # type: ignore[override]
         return self._emu._raw_to_plain(self.detach(), _CPU, None, None).tolist()
@@ -168,6 +184,9 @@ class _MPSTensorBase(torch.Tensor):
         special = _TF_SPECIAL.get(func)
         if special is not None:
             return special(*args, **(kwargs or {}))
+        autocast = cls._emu._autocast
+        if autocast is not None:  # inside torch.autocast("mps"): cast as a Mac would
+            args, kwargs = autocast_call(cls, autocast, func, args, kwargs or {})
         if kwargs:
             device = kwargs.get("device")
             if device is not None and not _is_mps(device) and type(func) is not _OpOverload:
@@ -193,11 +212,12 @@ class _MPSTensorBase(torch.Tensor):
                 return func(*args, **(kwargs or {}))
         except RuntimeError as err:
             # A C++ device check of a composite (stft, ...) saw the meta backing: say mps.
-            if emu._meta and "meta" in str(err):
-                raise emu._reject(RuntimeError(str(err).replace("meta", str(MPS_DEVICE)))) from None
-            raise
+            if not (emu._meta and "meta" in str(err)):
+                raise
+            message = str(err).replace("meta", str(MPS_DEVICE))
         finally:
             emu._mixed_calls -= 1
+        return _retry_on_device(cls, func, args, kwargs or {}, message)
 
     # -- running ops ------------------------------------------------------------------------
 
@@ -246,11 +266,18 @@ class _MPSTensorBase(torch.Tensor):
             and func.overloadpacket not in _MIXED_OPS
             and (_seq_mixes(cls, args) or (kwargs and _kwargs_mix(cls, kwargs)))
         ):
-            raise emu._reject(RuntimeError(MIXED_DEVICE_MESSAGE))
+            # Listed (unless stopping): the CPU tensors are used as if they were on mps.
+            emu._refuse(RuntimeError, MIXED_DEVICE_MESSAGE, "mixed devices")
         if emu._meta:
             out = emu._run_meta(func, uargs, ukwargs, wrap)
         else:
             out = func._op(*uargs, **ukwargs)
+        if func in _BIT_VIEWS:
+            # A conj/neg bit on the backing that the wrapper does not carry would reach CPU
+            # kernels that refuse it (view_as_real in fft.hfft): the view is materialized.
+            out = out.resolve_conj().resolve_neg()
+        if type(out) is not _Tensor or out.dtype in _ARTIFACTS:
+            out = _downcast_artifact(emu, cls, func, args, uargs, ukwargs, out, wrap)
         plan = _PLANS.get(func, _MISSING)
         if plan is _MISSING:
             plan = _PLANS[func] = _alias_plan(func)
@@ -262,7 +289,7 @@ class _MPSTensorBase(torch.Tensor):
             return out
         if type(out) is _Tensor:
             # Emulation._wrap, inlined: this runs for nearly every op.
-            if out.dtype in _UNSUPPORTED_DTYPES or out.requires_grad:
+            if out.dtype in emu._refused_dtypes or out.requires_grad:
                 return emu._wrap(out)
             w = _make_wrapper(
                 cls, out.size(), out.stride(), out.storage_offset(), dtype=out.dtype,
@@ -284,9 +311,105 @@ def _delegate(name: str) -> Callable[..., Any]:
     return call
 
 
+def _tensor_split(self: torch.Tensor, indices: Any, *args: Any, **kwargs: Any) -> Any:
+    """A Mac wants tensor_split's index tensor on the CPU (the C++ check here would pass and
+    then read the wrapper's unallocated data): listed, then split with the CPU indices."""
+    emu = self._emu if type(self) is not _Tensor else None
+    if emu is not None and type(indices) is emu._cls:
+        indices = emu._raw_to_plain(indices, _CPU, None, None)
+        emu._refuse(RuntimeError, TENSOR_SPLIT_MESSAGE, "cpu argument")
+    with _NoSubclassTF():
+        return torch.tensor_split(self, indices, *args, **kwargs)
+
+
 _TF_SPECIAL: dict[Any, Callable[..., Any]] = {
     torch.Tensor.type_as: _type_as,
+    torch.tensor_split: _tensor_split,
+    torch.Tensor.tensor_split: _tensor_split,
     torch._has_compatible_shallow_copy_type: _compatible_shallow_copy_type,
 }
 for _name in ("cpu", "numpy", "tolist", "data_ptr", "untyped_storage", "get_device"):
     _TF_SPECIAL[getattr(torch.Tensor, _name)] = _delegate(_name)
+
+
+# -- float64 a C++ composite makes on its own -----------------------------------------------------
+
+
+def _downcast_artifact(
+    emu: Emulation,
+    cls: type,
+    func: Any,
+    args: tuple[Any, ...],
+    uargs: list[Any],
+    ukwargs: dict[str, Any],
+    out: Any,
+    wrap: bool,
+) -> Any:
+    """An op inside a user's call made float64/complex128 that the call never asked for.
+
+    The emulated tensors are CPU tensors to C++, so composites take their CPU route, which
+    sometimes computes in double (``toAccumulateType`` for a CPU device in ``renorm``'s
+    backward, ``get_atol_rtol`` in ``linalg.matrix_rank``); on MPS the same code uses float32.
+    Such an op is run again with its double helpers and ``dtype=`` in single precision, as
+    the MPS route would, instead of being reported as a refusal the script never made.
+    """
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    if not any(isinstance(o, torch.Tensor) and o.dtype in _ARTIFACTS for o in outs):
+        return out
+    call = _user_call()
+    if call is None:
+        return out  # not inside a torch call of the script: made as the script asked
+    if func.overloadpacket is _aten_to_copy or _asks_for_double(*call):
+        return out  # a conversion (autograd's casts of gradients), or the script's own double
+    for a in args:  # double already on the device (a gradient of a double graph): genuine
+        for x in a if type(a) is list or type(a) is tuple else (a,):
+            if type(x) is cls and x.dtype in _ARTIFACTS:
+                return out
+
+    def narrow(x: Any) -> Any:
+        if isinstance(x, torch.dtype):
+            return _NARROWER.get(x, x)
+        if isinstance(x, torch.Tensor) and x.dtype in _NARROWER:
+            return x.to(_NARROWER[x.dtype])
+        if type(x) is list or type(x) is tuple:
+            return type(x)(narrow(y) for y in x)
+        return x
+
+    args = [narrow(a) for a in uargs]
+    kwargs = {k: narrow(v) for k, v in ukwargs.items()}
+    if emu._meta:
+        return emu._run_meta(func, args, kwargs, wrap)
+    return func._op(*args, **kwargs)
+
+
+def _user_call() -> tuple[Any, tuple[Any, ...], dict[str, Any] | None] | None:
+    """(func, args, kwargs) of the outermost ``__torch_function__`` running in this thread:
+    the torch call the script made (read from the stack only when double shows up)."""
+    found = None
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code is _TORCH_FUNCTION_CODE:
+            found = frame.f_locals
+        frame = frame.f_back
+    if found is None:
+        return None
+    return found["func"], found["args"], found["kwargs"]
+
+
+def _asks_for_double(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> bool:
+    """The user's call wants double: it names float64/complex128, converts to it, or takes
+    a tensor that already is (then its results are the script's own float64)."""
+    if getattr(func, "__name__", "") in _ASKING_NAMES:
+        return True
+    for v in (*args, *(kwargs or {}).values()):
+        for x in v if type(v) is list or type(v) is tuple else (v,):
+            if isinstance(x, torch.dtype) and x in _ARTIFACTS:
+                return True
+            if isinstance(x, torch.Tensor) and x.dtype in _ARTIFACTS:
+                return True
+            if isinstance(x, str) and "Double" in x:  # .type("torch.DoubleTensor")
+                return True
+    return False
+
+
+_TORCH_FUNCTION_CODE = _MPSTensorBase.__torch_function__.__func__.__code__
