@@ -106,18 +106,10 @@ def _xfail(finding: str) -> pytest.MarkDecorator:
     return pytest.mark.xfail(strict=True, reason=finding)
 
 
-TIED_TO = _xfail(
-    "issue 11.4: nn.Module.to crashes on tied weights (_has_compatible_shallow_copy_type)"
-)
-EVENT = _xfail("issue 11.4: generate() crashes at torch.Event(device=mps)")
-REFUSAL = _xfail(
-    "issue 11.3: a float64 refusal stops the run instead of being listed as unsupported"
-)
 SDPA_ROUTE = _xfail(
     "issue 11.1: scaled_dot_product_attention's math route judged without its body "
     "(forward in 2.0-2.4, a documented limit; backward in every release)"
 )
-REFUSAL_FILED_LATE = _xfail("issue 11.3: a refusal is filed on the next device op, not its own")
 # (case, release) pairs whose attention goes through SDPA's math route.
 SDPA_CALLS = {
     *((c, "2.0.1") for c in ("gpt2_generate", "llama_sample", "t5_beam_search", "clip_forward")),
@@ -125,13 +117,7 @@ SDPA_CALLS = {
 }
 
 # Marks on the cases that go through the script's run (numbers, completeness, verdicts).
-CRASHES: dict[str, list[pytest.MarkDecorator]] = {
-    "gpt2_generate": [TIED_TO, EVENT],
-    "llama_sample": [EVENT],
-    "t5_beam_search": [TIED_TO],
-    "bert_mlm_train": [TIED_TO],
-    "numpy_float64": [REFUSAL],
-}
+CRASHES: dict[str, list[pytest.MarkDecorator]] = {}  # none left open on main
 CASES = list(EXPECTED)
 
 
@@ -301,8 +287,6 @@ def test_cli_one_release_judges_as_the_all_trace(
     assert ("aten::_sample_dirichlet", F) in verdicts(report)
 
 
-@EVENT
-@TIED_TO
 def test_cli_gpt2_generate_newest(realworld_runs: Callable[[str], Run], tmp_path: Path) -> None:
     run = realworld_runs("gpt2_generate")
     proc, report = _cli(SCRIPTS / "gpt2_generate.py", tmp_path, "--torch-version", "2.15.0")
@@ -312,8 +296,6 @@ def test_cli_gpt2_generate_newest(realworld_runs: Callable[[str], Run], tmp_path
     assert report["summary"]["fallback"] == report["summary"]["unsupported"] == 0
 
 
-@REFUSAL_FILED_LATE
-@REFUSAL
 def test_cli_numpy_float64_lists_the_refusal(
     realworld_runs: Callable[[str], Run], tmp_path: Path
 ) -> None:
