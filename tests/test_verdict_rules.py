@@ -153,12 +153,12 @@ def test_shapes_are_capped_with_a_count() -> None:
     assert row.shapes == ("[1]", "[2]", "[3]", "+2 more")
 
 
-def test_a_split_call_shares_its_time_and_the_first_error_is_kept() -> None:
+def test_a_split_call_shares_its_time_and_each_error_keeps_its_row() -> None:
     a = _call(0, seconds=1.0, error="E1")
     b = _call(1, seconds=1.0, error="E2")
-    (row,), _ = build_rows([_j(a, share=0.5), _j(a, share=0.5), _j(b)])
-    assert row.seconds == 2.0
-    assert row.error == "E1"
+    rows, _ = build_rows([_j(a, share=0.5), _j(a, share=0.5), _j(b)])
+    # One row per distinct error (two refusals of one op are two blockers), time shared.
+    assert [(r.error, r.seconds) for r in rows] == [("E1", 1.0), ("E2", 1.0)]
 
 
 def test_ties_in_cost_go_to_the_slower_then_the_more_called_op() -> None:
