@@ -39,6 +39,9 @@ TRANSPOSED = "transposed"
 UNTRACED = "body not traced"
 # A note on a composite whose body ran and called no other op.
 EMPTY_BODY = "body calls no op"
+# A note on an attention call MPS would run as ``_scaled_dot_product_attention_math_for_mps``
+# where the release has it (collect/sdpa.py); its children are the portable math otherwise.
+MATH_FOR_MPS = "no grad, dropout 0, contiguous"
 
 
 @dataclass(frozen=True, slots=True)

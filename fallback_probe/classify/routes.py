@@ -7,6 +7,8 @@ reported as MPS fallbacks. Each route lists candidates; the first one a release 
 
 from __future__ import annotations
 
+from fallback_probe.records import MATH_FOR_MPS
+
 ROUTES: dict[str, tuple[str, ...]] = {
     "aten::convolution": ("aten::_mps_convolution",),
     "aten::_convolution": ("aten::_mps_convolution",),
@@ -14,14 +16,21 @@ ROUTES: dict[str, tuple[str, ...]] = {
     "aten::convolution_backward": ("aten::mps_convolution_backward",),
     "aten::mkldnn_rnn_layer": ("aten::_lstm_mps",),
     "aten::mkldnn_rnn_layer_backward": ("aten::lstm_mps_backward",),
+    # attention.cpp: MPS takes the math backend, ``_math_for_mps`` only where the recorder
+    # noted its conditions (records.MATH_FOR_MPS), else the portable math, which the recorder
+    # traced as the call's children (collect/sdpa.py); with grad its backward is autograd
+    # through those ops, recorded under the backward call.
     "aten::_scaled_dot_product_flash_attention_for_cpu": (
         "aten::_scaled_dot_product_attention_math_for_mps",
         "aten::_scaled_dot_product_attention_math",
     ),
-    # MPS differentiates the math path: its backward is the backward of ordinary ops.
     "aten::_scaled_dot_product_flash_attention_for_cpu_backward": (
         "aten::_scaled_dot_product_attention_math",
     ),
+}
+# Route targets a call reaches only under a condition the recorder notes on it.
+CONDITIONAL_TARGETS: dict[str, str] = {
+    "aten::_scaled_dot_product_attention_math_for_mps": MATH_FOR_MPS,
 }
 
 # The same composites when the call was a transposed convolution (the recorder notes it).

@@ -9,7 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from fallback_probe.classify.routes import ROUTES, TRANSPOSED_ROUTES, is_cpu_only
+from fallback_probe.classify.routes import (
+    CONDITIONAL_TARGETS,
+    ROUTES,
+    TRANSPOSED_ROUTES,
+    is_cpu_only,
+)
 from fallback_probe.oplists import OpEntry, OpList
 from fallback_probe.records import EMPTY_BODY, TRANSPOSED, UNTRACED, OpCall, OpStatus, Verdict
 
@@ -171,11 +176,17 @@ def _judge_one(
     if routes is not None:
         for target in routes:
             entry = oplist.get(target)
-            if entry is None:
+            condition = CONDITIONAL_TARGETS.get(target)
+            if entry is None or (condition is not None and condition not in call.notes):
                 continue
             name, verdict, reason = _entry_verdict(target, entry, release, oplist)
             if verdict is None:
-                verdict, reason = Verdict.NATIVE, f"decomposes into portable ops ({reason})"
+                # A composite target: judged by the body the recorder filed under the call.
+                if has_children:
+                    return None
+                untraced = next((n for n in call.notes if n.startswith(UNTRACED)), None)
+                why = untraced or f"{UNTRACED}: the recorder traces no body for this route"
+                return Judgement(call, op, None, f"on MPS it runs as {target}, {reason}; {why}")
             return Judgement(call, name, verdict, f"{reason}; on MPS {op} runs as {target}")
         return Judgement(call, op, None, f"none of {', '.join(routes)} exists in {release}")
     if op in by_op:

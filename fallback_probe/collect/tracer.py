@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
+from functools import partial
 from types import CodeType, FrameType
 from typing import Any
 
@@ -22,10 +23,17 @@ import torch
 from torch._C import DispatchKey
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fallback_probe.collect import shadow
+from fallback_probe.collect import sdpa, shadow
 from fallback_probe.collect.modules import module_tracker
 from fallback_probe.collect.scalars import call_op
-from fallback_probe.records import EMPTY_BODY, TRANSPOSED, UNTRACED, OpCall, TensorMeta
+from fallback_probe.records import (
+    EMPTY_BODY,
+    MATH_FOR_MPS,
+    TRANSPOSED,
+    UNTRACED,
+    OpCall,
+    TensorMeta,
+)
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -450,6 +458,8 @@ class Recorder(TorchDispatchMode):
                 self._parents.discard(index)
             else:
                 extra = {"notes": (EMPTY_BODY,)}
+        elif name in _ATTENTION and (on_device or (in_dev and self._pending is None)):
+            result, extra, body = self._attention(func, name, types, args, kwargs)
         elif on_device:
             result = self._handler(func, types, args, kwargs)
         elif self._pending is not None:
@@ -492,7 +502,7 @@ class Recorder(TorchDispatchMode):
             margs, mkwargs = shadow.to_meta(args, kwargs)
         result = self._handler(func, types, args, kwargs)  # type: ignore[misc]
         if body is None:
-            body = self._trace_body(func, key, name, margs, mkwargs)  # type: ignore[arg-type]
+            body = self._trace_body(name, partial(_open, func, key, margs, mkwargs))
             if sig is not None:
                 if len(self._bodies) >= _MAX_BODIES:
                     self._bodies.clear()
@@ -502,11 +512,37 @@ class Recorder(TorchDispatchMode):
             return result, {"notes": (f"{UNTRACED}: {failure}",)}, rows
         return result, None if rows else {"notes": (EMPTY_BODY,)}, rows
 
+    def _attention(
+        self, func: Any, name: str, types: Any, args: tuple, kwargs: dict
+    ) -> tuple[Any, dict[str, Any] | None, tuple[_Row, ...]]:
+        """The CPU's flash attention: the real result from the emulation; as children, what
+        MPS's portable math runs instead (collect/sdpa.py)."""
+        eligible = name == sdpa.FORWARD and sdpa.math_for_mps_eligible(args, kwargs)
+        sig = shadow.signature(func, args, kwargs)
+        sig = None if sig is None else (*sig, eligible)
+        body = self._bodies.get(sig) if sig is not None else None
+        run = None
+        if body is None:
+            run = sdpa.body(name, *shadow.to_meta(args, kwargs))
+        if self._handler is not None:
+            result = self._handler(func, types, args, kwargs)
+        else:  # not emulated: the script's tensors stand for the device's
+            result = self.run(func, name, args, kwargs)[0]
+        if body is None:
+            body = self._trace_body(name, run)  # type: ignore[arg-type]
+            if sig is not None:
+                self._bodies[sig] = body
+        rows, failure = body
+        notes = (MATH_FOR_MPS,) if eligible else ()
+        if failure is not None:
+            notes = (*notes, f"{UNTRACED}: {failure}")
+        return result, {"notes": notes} if notes else None, rows
+
     def _trace_body(
-        self, func: Any, key: DispatchKey, name: str, args: tuple, kwargs: dict
+        self, name: str, run: Callable[[Recorder], object]
     ) -> tuple[tuple[_Row, ...], str | None]:
-        """Run the body on meta tensors, every call in it on the device; its rows are indexed
-        from 1, the composite itself being 0."""
+        """Run a body on meta tensors (``run`` enters the recorder around what is recorded),
+        every call in it on the device; its rows are indexed from 1, the call being 0."""
         saved = (self._stack, self._counter, self._is_on_device, self._handler, self._pending)
         saved_parents = self._parents
         pending: list[_Row] = []
@@ -518,8 +554,7 @@ class Recorder(TorchDispatchMode):
         self._pending = pending
         failure = None
         try:
-            with self:
-                func._op_dk(key, *args, **kwargs)
+            run(self)
         except Exception as err:  # what the body calls stays unknown: said on the call
             failure = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             pending = []
@@ -590,6 +625,15 @@ class Recorder(TorchDispatchMode):
         result = results[0] if results else None
         outputs = self._metas(result if isinstance(result, (list, tuple)) else (result,))[0]
         self._file(index, name, parent, inputs, outputs, None)
+
+
+_ATTENTION = frozenset({sdpa.FORWARD, sdpa.BACKWARD})
+
+
+def _open(func: Any, key: DispatchKey, args: tuple, kwargs: dict, recorder: Recorder) -> None:
+    """A composite's own body, recorded."""
+    with recorder:
+        func._op_dk(key, *args, **kwargs)
 
 
 _Body = tuple[tuple[_Row, ...], "str | None"]

@@ -106,16 +106,6 @@ def _xfail(finding: str) -> pytest.MarkDecorator:
     return pytest.mark.xfail(strict=True, reason=finding)
 
 
-SDPA_ROUTE = _xfail(
-    "issue 11.1: scaled_dot_product_attention's math route judged without its body "
-    "(forward in 2.0-2.4, a documented limit; backward in every release)"
-)
-# (case, release) pairs whose attention goes through SDPA's math route.
-SDPA_CALLS = {
-    *((c, "2.0.1") for c in ("gpt2_generate", "llama_sample", "t5_beam_search", "clip_forward")),
-    *((c, r) for c in ("mixtral_moe", "unet_ddpm_train") for r in RELEASES),  # + backward
-}
-
 # Marks on the cases that go through the script's run (numbers, completeness, verdicts).
 CRASHES: dict[str, list[pytest.MarkDecorator]] = {}  # none left open on main
 CASES = list(EXPECTED)
@@ -223,9 +213,7 @@ def test_matrix_agrees_with_each_release(case: str, run: Run) -> None:
         assert in_matrix == in_report, release
 
 
-@pytest.mark.parametrize(
-    ("case", "release"), _case_releases(lambda c, r: [SDPA_ROUTE] if (c, r) in SDPA_CALLS else [])
-)
+@pytest.mark.parametrize(("case", "release"), _case_releases(lambda c, r: []))
 def test_no_op_is_judged_by_its_composite_status_alone(case: str, release: str, run: Run) -> None:
     """Issue 11.1: a composite is judged by what it reaches on a Mac, not by being composite."""
     _finished(run)
