@@ -232,7 +232,7 @@ def test_an_implicit_composite_reaching_the_mode_runs_its_decomposition() -> Non
 
 def test_an_explicit_fallback_is_reached_as_the_op_that_was_registered() -> None:
     # 2.0 registers the functional linalg_vector_norm itself; sgn only through sgn.out.
-    # What fpdev configured as 2.0.1 (torch's real dispatcher) names (findings-oracle.md).
+    # What fpdev configured as 2.0.1 (torch's real dispatcher) names (docs/accuracy.md).
     with Probe(mode="predict", torch_version="2.0.1") as p:
         x = torch.randn(4, 4, device="mps")
         torch.linalg.vector_norm(x)

@@ -35,7 +35,7 @@ class BodyNotTraced(Exception):
 
 
 def backing(t: torch.Tensor) -> torch.Tensor:
-    """The data behind an emulated tensor (``_elem``: see findings-composite.md), else ``t``."""
+    """The data behind an emulated tensor (the wrapper's ``_elem``), else ``t``."""
     return getattr(t, "_elem", t)
 
 
